@@ -1,0 +1,538 @@
+"""One side of the GPT-2 vs nGPT A/B (nGPT: arXiv 2410.01131, section 2.6). Only the model section and the
+model's hyperparameter defaults differ between train_gpt2.py and train_ngpt2.py: `diff` shows what nGPT changes.
+
+python train_gpt2.py --help                          # every hyperparameter, its default and meaning
+python train_ngpt2.py --n_layer=4 --device=cpu       # any field as --name=value
+torchrun --standalone --nproc_per_node=8 train_ngpt2.py
+"""
+import dataclasses
+import glob
+import inspect
+import json
+import math
+import os
+import platform
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the plain-torch kernels still work
+    triton = None
+
+# ============================================================================ hyperparameters
+@dataclass
+class Hyperparameters:
+    # data
+    input_bin: str = "data/fineweb10B/fineweb_train_*.bin"  # glob of training shards
+    input_val_bin: str = "data/fineweb10B/fineweb_val_*.bin"  # glob of validation shards
+    batch_size: int = 512  # sequences per optimizer step, over all processes
+    device_batch_size: int = 64  # sequences per forward/backward on one process
+    sequence_length: int = 1024  # tokens per sequence
+    val_tokens: int = 10485760  # tokens in every validation pass (the same tokens for any process count)
+    # run
+    num_iterations: int = 4768  # optimizer steps
+    val_loss_every: int = 125  # steps between validation passes (0: only at the start and the end)
+    save_every: int = 1000  # steps between checkpoints (0: none, except on a signal or a non-finite loss)
+    seed: int = 0  # seed of the initialization
+    device: str = ""  # "cuda", "cpu" or "" (cuda when present)
+    compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
+    kernels: str = ""  # "triton", "torch" or "" (triton on cuda, torch on cpu)
+    param_dtype: str = "float32"  # storage of matrix weights: float32 or bfloat16 (the nGPT paper's setting)
+    resume: str = ""  # checkpoint to continue from
+    log_dir: str = "logs"  # where logs/<run_id>.txt and checkpoints go
+    run_id: str = ""  # name of the log and checkpoint ("" picks script, seed and time)
+    # schedule
+    schedule: str = "wsd"  # "wsd" (warmup, constant, cooldown) or "cosine"
+    warmdown_iters: int = 1400  # wsd: steps of the final cooldown
+    cooldown_shape: str = "linear"  # wsd cooldown: "linear" or "1-sqrt"
+    final_lr_frac: float = 0.0  # learning rate at the last step, as a fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    mup_base_width: int = 768  # muP base width; n_embd != it rescales init, lr and logits (0: off)
+    # model (the lines below differ between train_gpt2.py and train_ngpt2.py)
+    vocab_size: int = 50304  # embedding rows: GPT-2's 50257 padded to a multiple of 128
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads
+    n_embd: int = 768  # model width
+    mlp_ratio: int = 4  # SwiGLU hidden width per n_embd (for each of the two input projections)
+    learning_rate: float = 6e-4  # peak AdamW learning rate
+    weight_decay: float = 0.1  # AdamW decoupled weight decay, matrices only
+    warmup_iters: int = 256  # steps of linear learning-rate warmup
+
+
+def field_help():
+    """Each field's trailing comment in the source above, for --help."""
+    lines = inspect.getsource(Hyperparameters).splitlines()
+    return {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines if ": " in line and "#" in line}
+
+
+def parse_args(argv):
+    hp, fields = Hyperparameters(), {f.name: f for f in dataclasses.fields(Hyperparameters)}
+    if "--help" in argv or "-h" in argv:
+        helps = field_help()
+        print(f"usage: {os.path.basename(__file__)} [--name=value ...]\n")
+        for name, f in fields.items():
+            print(f"  --{name}={getattr(hp, name)!s:<40} {f.type.__name__:<6} {helps.get(name, '')}")
+        sys.exit(0)
+    for arg in argv:
+        name, eq, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not eq:
+            sys.exit(f"error: expected --name=value, got {arg!r} (run with --help for the list)")
+        if name not in fields:
+            sys.exit(f"error: unknown hyperparameter --{name} (run with --help for the list)")
+        kind = fields[name].type
+        try:
+            setattr(hp, name, kind(value))
+        except ValueError:
+            sys.exit(f"error: --{name} expects a {kind.__name__}, got {value!r}")
+    checks = {"schedule": ("wsd", "cosine"), "cooldown_shape": ("linear", "1-sqrt"), "kernels": ("", "triton", "torch"),
+              "param_dtype": ("float32", "bfloat16"), "compile": ("", "0", "1"), "device": ("", "cuda", "cpu")}
+    for name, allowed in checks.items():
+        if getattr(hp, name) not in allowed:
+            sys.exit(f"error: --{name} must be one of {allowed}, got {getattr(hp, name)!r}")
+    if hp.warmup_iters > hp.num_iterations or (hp.schedule == "wsd" and hp.warmdown_iters > hp.num_iterations):
+        sys.exit(f"error: warmup_iters={hp.warmup_iters} and warmdown_iters={hp.warmdown_iters} must each fit in "
+                 f"num_iterations={hp.num_iterations}; lower them with --warmup_iters=... --warmdown_iters=...")
+    if hp.n_embd % hp.n_head or (hp.n_embd // hp.n_head) % 2:
+        sys.exit(f"error: n_embd={hp.n_embd} must split into n_head={hp.n_head} heads of even size (RoPE)")
+    return hp
+
+# ============================================================================ kernels
+def norm_scale_torch(x, scale, eps):
+    """y = x / sqrt(sum(x^2) + eps) * scale along the last dim, accumulated in float32."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
+    if scale is not None:
+        d = x.shape[-1]
+        y = (y.view(-1, scale.numel() // d, d) * scale.float().view(-1, d)).view(x.shape)
+    return y.to(x.dtype)
+
+
+def norm_scale(x, scale, eps, kernels):
+    return norm_scale_torch(x, scale, eps)
+
+# ============================================================================ model
+class Rotary(nn.Module):
+    """Rotary position embedding over (batch, time, head, head_dim) tensors."""
+
+    def __init__(self, head_dim, base=10000.0):
+        super().__init__()
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+
+    def forward(self, x):
+        angles = torch.outer(torch.arange(x.shape[1], device=x.device).float(), self.inv_freq)
+        cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, kernels):
+        super().__init__()
+        self.gain, self.kernels = nn.Parameter(torch.ones(dim)), kernels
+
+    def forward(self, x):
+        d = x.shape[-1]  # x / rms(x) = x / ||x|| * sqrt(d), so RMSNorm is normalize-and-scale
+        return norm_scale(x, self.gain * math.sqrt(d), d * 1e-6, self.kernels)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.n_head, self.head_dim = hp.n_head, hp.n_embd // hp.n_head
+        self.qkv = nn.Linear(hp.n_embd, 3 * hp.n_embd, bias=False)
+        self.proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
+        self.rotary = Rotary(self.head_dim)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.fc = nn.Linear(hp.n_embd, 2 * hp.mlp_ratio * hp.n_embd, bias=False)
+        self.proj = nn.Linear(hp.mlp_ratio * hp.n_embd, hp.n_embd, bias=False)
+
+    def forward(self, x):
+        u, v = self.fc(x).chunk(2, dim=-1)
+        return self.proj(u * F.silu(v))
+
+
+class Block(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(hp.n_embd, hp.kernels), CausalSelfAttention(hp)
+        self.norm2, self.mlp = RMSNorm(hp.n_embd, hp.kernels), MLP(hp)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.hp = hp
+        self.width_mult = hp.n_embd / hp.mup_base_width if hp.mup_base_width else 1.0
+        self.embed = nn.Embedding(hp.vocab_size, hp.n_embd)
+        self.blocks = nn.ModuleList([Block(hp) for _ in range(hp.n_layer)])
+        self.final_norm = RMSNorm(hp.n_embd, hp.kernels)
+        self.lm_head = nn.Linear(hp.n_embd, hp.vocab_size, bias=False)
+        std = 0.02
+        nn.init.normal_(self.embed.weight, std=std)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        for block in self.blocks:  # muP: hidden matrices' init std goes as 1/sqrt(width)
+            hidden_std = std / math.sqrt(self.width_mult)
+            nn.init.normal_(block.attn.qkv.weight, std=hidden_std)
+            nn.init.normal_(block.mlp.fc.weight, std=hidden_std)
+            for proj in (block.attn.proj, block.mlp.proj):  # GPT-2: residual projections shrink with depth
+                nn.init.normal_(proj.weight, std=hidden_std / math.sqrt(2 * hp.n_layer))
+
+    def forward(self, idx, targets):
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.final_norm(x)) / self.width_mult  # muP output multiplier
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+    def param_groups(self):
+        """AdamW groups: weight decay on matrices only; muP divides hidden matrices' lr by the width ratio."""
+        hidden = {id(p) for block in self.blocks for p in block.parameters() if p.ndim == 2}
+        groups = {"hidden": [], "matrix": [], "vector": []}
+        for p in self.parameters():
+            groups["hidden" if id(p) in hidden else "matrix" if p.ndim == 2 else "vector"].append(p)
+        lr, wd = self.hp.learning_rate, self.hp.weight_decay
+        return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd),
+                dict(params=groups["matrix"], lr=lr, weight_decay=wd),
+                dict(params=groups["vector"], lr=lr, weight_decay=0.0)]
+
+    def post_step(self):
+        """GPT keeps no constraint on its weights between steps."""
+
+    def config(self):
+        return dict(model="gpt", n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_embd=self.hp.n_embd,
+                    vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_ratio * self.hp.n_embd,
+                    width_mult=self.width_mult, params=sum(p.numel() for p in self.parameters()))
+
+# ============================================================================ data loader
+MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
+DATA_HINT = "build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 8` (FineWeb)"
+
+
+def read_shard(path):
+    """Tokens of one shard: 256 int32 header (magic, version, count), then the tokens; memory-mapped."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path}: no such shard; {DATA_HINT}")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if len(header) < HEADER_INTS or header[0] != MAGIC:
+        sys.exit(f"error: {path}: not a token shard (expected magic {MAGIC} in a 1024-byte header); {DATA_HINT}")
+    if header[1] not in TOKEN_DTYPES:
+        sys.exit(f"error: {path}: unknown shard version {header[1]} (this script reads 1 = uint16, 2 = uint32)")
+    dtype, count = np.dtype(TOKEN_DTYPES[header[1]]), int(header[2])
+    expected = HEADER_INTS * 4 + count * dtype.itemsize
+    if os.path.getsize(path) != expected:
+        sys.exit(f"error: {path}: {os.path.getsize(path)} bytes, header promises {expected} "
+                 f"({count} tokens); the file is truncated or corrupt, re-download or rebuild it")
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
+
+
+def checked_shard(path, vocab_size, min_tokens):
+    tokens = read_shard(path)
+    if len(tokens) < min_tokens:
+        sys.exit(f"error: {path}: {len(tokens)} tokens, fewer than one batch needs ({min_tokens}); "
+                 f"lower --device_batch_size or --sequence_length, or use bigger shards")
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        sys.exit(f"error: {path}: token id {int(tokens.max())} >= --vocab_size={vocab_size}; "
+                 f"set --vocab_size to at least the tokenizer's vocabulary")
+    return tokens
+
+
+def shard_paths(pattern, flag):
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        sys.exit(f"error: no files match --{flag}={pattern}; {DATA_HINT}")
+    return paths
+
+
+class DataLoader:
+    """Training batches. Shards in sorted order; step i on rank r reads the r-th slice of the i-th window, so
+    ranks never overlap and the order depends on nothing but the files. Position is (shard, offset)."""
+
+    def __init__(self, pattern, batch, seq_len, rank, world, vocab_size):
+        self.paths, self.span, self.rank, self.world = shard_paths(pattern, "input_bin"), batch * seq_len, rank, world
+        self.batch, self.seq_len, self.vocab_size = batch, seq_len, vocab_size
+        for path in self.paths:  # fail at start-up, not hours in
+            checked_shard(path, vocab_size, self.span * world + 1)
+        self.load_state(dict(shard=0, offset=0))
+
+    def state(self):
+        return dict(shard=self.shard, offset=self.offset)
+
+    def load_state(self, state):
+        self.shard, self.offset = state["shard"], state["offset"]
+        self.tokens = checked_shard(self.paths[self.shard], self.vocab_size, self.span * self.world + 1)
+
+    def next_batch(self, device):
+        start = self.offset + self.rank * self.span
+        buf = torch.from_numpy(self.tokens[start:start + self.span + 1].astype(np.int64))
+        self.offset += self.span * self.world
+        if self.offset + self.span * self.world + 1 > len(self.tokens):  # next window does not fit: next shard
+            self.load_state(dict(shard=(self.shard + 1) % len(self.paths), offset=0))
+        x, y = buf[:-1].view(self.batch, self.seq_len), buf[1:].view(self.batch, self.seq_len)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def val_batches(hp, rank, world, device):
+    """The first val_tokens tokens of the validation shards, cut into sequences; rank r takes every world-th
+    micro-batch, so all process counts see exactly the same tokens."""
+    per_step = hp.device_batch_size * hp.sequence_length * world
+    if hp.val_tokens % per_step:
+        sys.exit(f"error: --val_tokens={hp.val_tokens} must be a multiple of device_batch_size * sequence_length * "
+                 f"processes = {per_step}; change --val_tokens or --device_batch_size")
+    chunks, have = [], 0
+    for path in shard_paths(hp.input_val_bin, "input_val_bin"):
+        chunks.append(checked_shard(path, hp.vocab_size, 2)[:hp.val_tokens + 1 - have])
+        have += len(chunks[-1])
+        if have == hp.val_tokens + 1:
+            break
+    if have < hp.val_tokens + 1:
+        sys.exit(f"error: validation shards {hp.input_val_bin} hold {have} tokens, --val_tokens={hp.val_tokens} "
+                 f"needs {hp.val_tokens + 1}; lower --val_tokens")
+    tokens = torch.from_numpy(np.concatenate(chunks).astype(np.int64))
+    span = hp.device_batch_size * hp.sequence_length
+    for start in range(rank * span, hp.val_tokens, world * span):
+        x = tokens[start:start + span].view(hp.device_batch_size, hp.sequence_length)
+        y = tokens[start + 1:start + span + 1].view(hp.device_batch_size, hp.sequence_length)
+        yield x.to(device), y.to(device)
+
+# ============================================================================ schedule
+def lr_multiplier(step, hp):
+    """Fraction of the peak learning rate used at `step` (0-based)."""
+    if step < hp.warmup_iters:
+        return (step + 1) / hp.warmup_iters
+    if hp.schedule == "cosine":
+        progress = (step - hp.warmup_iters) / max(1, hp.num_iterations - hp.warmup_iters)
+        return hp.final_lr_frac + (1 - hp.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+    cooldown_start = hp.num_iterations - hp.warmdown_iters
+    if step < cooldown_start:
+        return 1.0
+    progress = (step - cooldown_start) / hp.warmdown_iters
+    shape = progress if hp.cooldown_shape == "linear" else math.sqrt(progress)
+    return 1.0 - (1.0 - hp.final_lr_frac) * shape
+
+# ============================================================================ training loop
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+stop_signal = 0
+
+
+def on_signal(signum, frame):
+    global stop_signal
+    stop_signal = signum
+
+
+def environment_report(device):
+    lines = [f"python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
+             f"cuda:{torch.version.cuda} triton:{getattr(triton, '__version__', None)}"]
+    if device == "cuda":
+        lines.append(f"gpu:{torch.cuda.get_device_name()} count:{torch.cuda.device_count()}")
+        try:
+            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout)
+        except (OSError, subprocess.SubprocessError) as err:
+            lines.append(f"nvidia-smi: {err}")
+    else:
+        lines.append(f"cpu:{platform.processor() or platform.machine()} threads:{torch.get_num_threads()}")
+    return "\n".join(lines)
+
+
+def save_checkpoint(path, model, optimizer, step, loader_state, hp):
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, loader=loader_state,
+                 hyperparameters=dataclasses.asdict(hp), rng=dict(
+                     torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                     numpy=np.random.get_state(), python=random.getstate()))
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
+
+
+def main(argv=None):
+    hp = parse_args(sys.argv[1:] if argv is None else argv)
+    ddp = "RANK" in os.environ
+    device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
+    rank, world, local_rank = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                               int(os.environ["LOCAL_RANK"])) if ddp else (0, 1, 0)
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if ddp:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    master, on_cuda = rank == 0, device.startswith("cuda")
+    hp.kernels = hp.kernels or ("triton" if on_cuda and triton is not None else "torch")
+    use_compile = hp.compile == "1" or (hp.compile == "" and on_cuda)
+    micro_batches = hp.batch_size // (hp.device_batch_size * world)
+    assert hp.batch_size % (hp.device_batch_size * world) == 0, (
+        f"batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
+        f"{hp.device_batch_size} * {world}; change --batch_size or --device_batch_size")
+
+    script = os.path.basename(__file__)
+    hp.run_id = hp.run_id or f"{os.path.splitext(script)[0]}_s{hp.seed}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    os.makedirs(hp.log_dir, exist_ok=True)
+    log_path, ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt"), os.path.join(hp.log_dir, f"{hp.run_id}.pt")
+    log_file = open(log_path, "w") if master else None
+
+    def print0(s, console=True):
+        if master:
+            print(s, file=log_file, flush=True)
+            if console:
+                print(s, flush=True)
+
+    with open(__file__) as f:
+        print0(f.read(), console=False)
+    print0("=" * 100, console=False)
+    print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
+
+    torch.manual_seed(hp.seed)  # the same initialization on every rank and device
+    model = GPT(hp)
+    if hp.param_dtype == "bfloat16":
+        for p in model.parameters():
+            p.data = p.data.bfloat16() if p.ndim == 2 else p.data
+    model = model.to(device)
+    raw_model = model
+    optimizer = torch.optim.AdamW(raw_model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=on_cuda)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = group["lr"]
+    train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size)
+    start_step = 0
+    if hp.resume:
+        if not os.path.isfile(hp.resume):
+            sys.exit(f"error: --resume={hp.resume}: no such checkpoint")
+        ckpt = torch.load(hp.resume, map_location=device, weights_only=False)
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        train_loader.load_state(ckpt["loader"])
+        start_step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        np.random.set_state(ckpt["rng"]["numpy"])
+        random.setstate(ckpt["rng"]["python"])
+        if on_cuda and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if use_compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if on_cuda else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else torch.autocast(
+        "cpu", dtype=torch.bfloat16) if hp.param_dtype == "bfloat16" else nullcontext())
+
+    print0(f"script:{script}")
+    print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
+    print0(f"model_config:{json.dumps(raw_model.config())}")
+    print0(f"device:{device} processes:{world} micro_batches:{micro_batches} compile:{use_compile} kernels:{hp.kernels}"
+           + (f" resumed_from:{hp.resume} at_step:{start_step}" if hp.resume else ""))
+    tokens_per_step = hp.batch_size * hp.sequence_length
+    cfg = raw_model.config()
+    flops_per_token = 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 12 * hp.n_layer * hp.n_embd * hp.sequence_length
+    peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if on_cuda and k in torch.cuda.get_device_name()), None)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def evaluate():
+        model.eval()
+        losses = []
+        with torch.no_grad(), autocast:
+            for x, y in val_batches(hp, rank, world, device):
+                losses.append(model(x, y).float())
+        model.train()
+        loss = torch.stack(losses).mean()  # every micro-batch holds the same token count
+        if ddp:
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        return loss.item()
+
+    def checkpoint(step, loader_state, why):
+        if master:
+            save_checkpoint(ckpt_path, raw_model, optimizer, step, loader_state, hp)
+            print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")
+
+    train_time_ms, timed_steps = 0.0, 0
+    for step in range(start_step, hp.num_iterations + 1):
+        last_step = step == hp.num_iterations
+        step_avg = train_time_ms / max(1, timed_steps)
+        if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
+            print0(f"step:{step}/{hp.num_iterations} val_loss:{evaluate():.4f} "
+                   f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms")
+        if last_step:
+            break
+        if hp.save_every and step > start_step and step % hp.save_every == 0:
+            checkpoint(step, train_loader.state(), "save_every")
+        stop = torch.tensor(float(stop_signal), device=device)
+        if ddp:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            checkpoint(step, train_loader.state(), f"signal {int(stop.item())}")
+            print0(f"stopped by signal {int(stop.item())} at step {step}; continue with --resume={ckpt_path}")
+            sys.exit(128 + int(stop.item()))
+
+        t0 = time.perf_counter()
+        loader_state = train_loader.state()
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * lr_multiplier(step, hp)
+        train_loss = torch.zeros((), device=device)
+        for micro in range(micro_batches):
+            x, y = train_loader.next_batch(device)
+            with model.no_sync() if ddp and micro < micro_batches - 1 else nullcontext():  # all-reduce once
+                with autocast:
+                    loss = model(x, y) / micro_batches
+                loss.backward()
+            train_loss += loss.detach()
+        if ddp:
+            dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
+        if not math.isfinite(train_loss.item()):  # weights are still those of the last good step
+            checkpoint(step, loader_state, "non-finite loss")
+            print0(f"error: train_loss is {train_loss.item()} at step {step + 1}; last good state saved to {ckpt_path}. "
+                   f"Lower --learning_rate or --grad_clip and continue with --resume")
+            sys.exit(1)
+        if hp.grad_clip:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), hp.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        raw_model.post_step()
+        if on_cuda:
+            torch.cuda.synchronize()
+        train_time_ms += 1000 * (time.perf_counter() - t0)
+        timed_steps += 1
+        step_avg = train_time_ms / timed_steps
+        tokens_per_s = tokens_per_step / (step_avg / 1000)
+        mfu = f" mfu:{100 * flops_per_token * tokens_per_s / (peak_flops * world):.1f}%" if peak_flops else ""
+        print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} train_time:{train_time_ms:.0f}ms "
+               f"step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
+
+    if hp.save_every:
+        checkpoint(hp.num_iterations, train_loader.state(), "end")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print0(f"peak_memory:{peak:.0f}MiB ({'cuda allocated' if on_cuda else 'process max rss'})")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
