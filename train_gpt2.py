@@ -87,7 +87,7 @@ def parse_args(argv):
         helps = field_help()
         print(f"usage: {os.path.basename(__file__)} [--name=value ...]\n")
         for name, f in fields.items():
-            print(f"  --{name}={getattr(hp, name)!s:<40} {f.type.__name__:<6} {helps.get(name, '')}")
+            print(f"  {f'--{name}={getattr(hp, name)}':<52} {f.type.__name__:<6} {helps.get(name, '')}")
         sys.exit(0)
     for arg in argv:
         name, eq, value = arg[2:].partition("=")
@@ -113,18 +113,182 @@ def parse_args(argv):
     return hp
 
 # ============================================================================ kernels
+# norm_scale(x, scale, eps, kernels) = x * rsqrt(sum(x^2, -1) + eps) * scale
+# Rows are the flattened leading dims of x; row r uses scale[r % G] for scale of shape (G, D)
+# or (D,) (G=1). Triton path: one program per tile of ROWS rows, fp32 math, rstd saved per row.
+
+if triton is not None:
+
+    @triton.jit
+    def _norm_scale_fwd_kernel(X, S, Y, RSTD, n_rows, D, G, eps,
+                               stride_xr, stride_xc, stride_yr, stride_yc,
+                               HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        rmask = r < n_rows
+        mask = rmask[:, None] & (cols < D)[None, :]
+        r64 = r.to(tl.int64)  # row * stride can exceed 2**31 elements
+        x = tl.load(X + r64[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) + eps)
+        y = x * rstd[:, None]
+        if HAS_SCALE:
+            y = y * tl.load(S + (r % G)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + r64[:, None] * stride_yr + cols[None, :] * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(RSTD + r, rstd, mask=rmask)
+
+    @triton.jit
+    def _norm_scale_bwd_kernel(DY, X, S, RSTD, DX, DS_PART, n_rows, D, G, rows_per_prog,
+                               stride_dyr, stride_dyc, stride_xr, stride_xc,
+                               HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        # program (p, g) owns rows g + G*k, k in [p*rows_per_prog, (p+1)*rows_per_prog): all use scale[g],
+        # so its dscale partial is a plain register sum, written once to DS_PART[p, g]
+        p, g = tl.program_id(0), tl.program_id(1)
+        cols = tl.arange(0, BLOCK)
+        cmask = cols < D
+        if HAS_SCALE:
+            s = tl.load(S + g * D + cols, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            s = tl.full([BLOCK], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(p * rows_per_prog, (p + 1) * rows_per_prog, ROWS):
+            r = g + G * (k0 + tl.arange(0, ROWS)).to(tl.int64)
+            rmask = r < n_rows
+            mask = rmask[:, None] & cmask[None, :]
+            dy = tl.load(DY + r[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(X + r[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + r, mask=rmask, other=0.0)
+            xhat = x * rstd[:, None]
+            gs = dy * s[None, :]
+            # d/dx of x*rstd(x): rstd * (g - xhat * <g, xhat>)
+            dx = rstd[:, None] * (gs - xhat * tl.sum(gs * xhat, axis=1)[:, None])
+            tl.store(DX + r[:, None] * D + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+            acc += tl.sum(dy * xhat, axis=0)
+        if HAS_SCALE:
+            tl.store(DS_PART + (p * G + g) * D + cols, acc, mask=cmask)
+
+
+def _check_triton(t):
+    if triton is None:
+        raise RuntimeError("kernels='triton' needs the triton package (pip install triton); or pass --kernels=torch")
+    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"kernels='triton' needs CUDA tensors (got {t.device}); pass --kernels=torch "
+                           "or set TRITON_INTERPRET=1 to run Triton's (slow) interpreter on CPU")
+
+
+def _tile_config(D, rows_adjacent=False):
+    # fixed heuristics, no autotune: ~2048-element tiles (several rows when D is small), 8 warps per 2048;
+    # rows adjacent in memory (a weight's columns): >= 16 rows per tile so each load coalesces across rows
+    block = triton.next_power_of_2(D)
+    rows = max(16 if rows_adjacent else 1, 2048 // block)
+    return block, rows, min(32, max(4, block * rows // 256))
+
+
+def _bwd_grid(n_rows, G, rows, device):
+    # persistent backward: ~4 programs per SM so per-program partial sums stay few
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    per_group = triton.cdiv(n_rows, G)
+    n_prog = max(1, min(triton.cdiv(per_group, rows), target // G))
+    rows_per_prog = triton.cdiv(triton.cdiv(per_group, n_prog), rows) * rows
+    return triton.cdiv(per_group, rows_per_prog), rows_per_prog
+
+
+def _norm_scale_launch(x2, scale, eps, out=None):
+    """Forward on a 2-D (rows, D) view with any strides; writes into out (may alias x2: in-place). Returns rstd."""
+    _check_triton(x2)
+    n_rows, D = x2.shape
+    out = torch.empty_like(x2, memory_format=torch.contiguous_format) if out is None else out
+    assert out.shape == x2.shape and out.dtype == x2.dtype, "norm_scale launch: out must match x"
+    s = scale.reshape(-1, D).contiguous() if scale is not None else x2  # dummy pointer when HAS_SCALE=False
+    rstd = torch.empty(n_rows, device=x2.device, dtype=torch.float32)
+    block, rows, num_warps = _tile_config(D, rows_adjacent=x2.stride(0) == 1 and D > 1)
+    _norm_scale_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+        x2, s, out, rstd, n_rows, D, s.shape[0], eps, x2.stride(0), x2.stride(1), out.stride(0), out.stride(1),
+        HAS_SCALE=scale is not None, BLOCK=block, ROWS=rows, num_warps=num_warps)
+    return out, rstd
+
+
+def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
+    _check_triton(x2)
+    n_rows, D = x2.shape
+    G = scale.numel() // D if scale is not None else 1
+    block, rows, num_warps = _tile_config(D)
+    n_prog, rows_per_prog = _bwd_grid(n_rows, G, rows, x2.device)
+    dx = torch.empty((n_rows, D), device=x2.device, dtype=x2.dtype)
+    ds_part = torch.empty((n_prog, G, D) if scale is not None else (0,), device=x2.device, dtype=torch.float32)
+    s = scale.reshape(G, D).contiguous() if scale is not None else x2
+    _norm_scale_bwd_kernel[(n_prog, G)](
+        dy2, x2, s, rstd, dx, ds_part, n_rows, D, G, rows_per_prog,
+        dy2.stride(0), dy2.stride(1), x2.stride(0), x2.stride(1),
+        HAS_SCALE=scale is not None, BLOCK=block, ROWS=rows, num_warps=num_warps)
+    dscale = ds_part.sum(0).to(scale.dtype) if scale is not None else ds_part
+    return dx, dscale
+
+
+# One op namespace per module: train_gpt2 and train_ngpt2 both define these ops and may share a process.
+_OPS_NS = "ngpt_ab_" + __name__.replace(".", "_")
+
+
+@torch.library.custom_op(f"{_OPS_NS}::norm_scale_fwd", mutates_args=())
+def _norm_scale_fwd_op(x: torch.Tensor, scale: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps)  # reshape copies only if not viewable
+    return y.view(x.shape), rstd
+
+
+@_norm_scale_fwd_op.register_fake
+def _(x, scale, eps):
+    return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_OPS_NS}::norm_scale_bwd", mutates_args=())
+def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None,
+                       rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    D = x.shape[-1]
+    dx, dscale = _norm_scale_bwd_launch(dy.reshape(-1, D), x.reshape(-1, D), scale, rstd)
+    return dx.view(x.shape), dscale.view(scale.shape) if scale is not None else dscale
+
+
+@_norm_scale_bwd_op.register_fake
+def _(dy, x, scale, rstd):
+    return x.new_empty(x.shape), scale.new_empty(scale.shape) if scale is not None else x.new_empty(0, dtype=torch.float32)
+
+
+def _norm_scale_setup(ctx, inputs, output):
+    x, scale, _ = inputs
+    ctx.save_for_backward(x, scale, output[1])
+
+
+def _norm_scale_backward(ctx, dy, _drstd):
+    x, scale, rstd = ctx.saved_tensors
+    dx, dscale = _norm_scale_bwd_op(dy, x, scale, rstd)
+    return dx, dscale if scale is not None else None, None
+
+
+_norm_scale_fwd_op.register_autograd(_norm_scale_backward, setup_context=_norm_scale_setup)
+
+
 def norm_scale_torch(x, scale, eps):
-    """y = x / sqrt(sum(x^2) + eps) * scale along the last dim, accumulated in float32."""
+    """Plain-torch reference: fp32 math, output in x.dtype."""
+    D = x.shape[-1]
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
     if scale is not None:
-        d = x.shape[-1]
-        y = (y.view(-1, scale.numel() // d, d) * scale.float().view(-1, d)).view(x.shape)
+        y = (y.reshape(-1, scale.numel() // D, D) * scale.float().reshape(-1, D)).reshape(x.shape)
     return y.to(x.dtype)
 
 
 def norm_scale(x, scale, eps, kernels):
-    return norm_scale_torch(x, scale, eps)
+    """y = x * rsqrt(sum(x^2, -1) + eps) * scale; scale None, (D,) or (G, D) with row r using scale[r % G]."""
+    D = x.shape[-1]
+    if scale is not None and (scale.shape[-1] != D or scale.dim() > 2 or (x.numel() // D) % (scale.numel() // D)):
+        raise ValueError(f"norm_scale: scale must be (D,) or (G, D) with D={D} and G dividing the row count "
+                         f"{x.numel() // D}; got scale {tuple(scale.shape)} for x {tuple(x.shape)}")
+    if not eps > 0:
+        raise ValueError(f"norm_scale: eps must be > 0 (zero rows would give NaN), got {eps}")
+    if kernels == "torch":
+        return norm_scale_torch(x, scale, eps)
+    if kernels == "triton":
+        return _norm_scale_fwd_op(x, scale, eps)[0]
+    raise ValueError(f"norm_scale: kernels must be 'triton' or 'torch', got {kernels!r}")
 
 # ============================================================================ model
 class Rotary(nn.Module):

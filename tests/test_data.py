@@ -18,12 +18,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data")
-for p in (ROOT, DATA):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-_SHARED_TIKTOKEN = os.path.join(os.path.dirname(ROOT), "shared", "tiktoken")
-if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(_SHARED_TIKTOKEN):
-    os.environ["TIKTOKEN_CACHE_DIR"] = _SHARED_TIKTOKEN
+sys.path.insert(0, DATA)  # data/ is a folder of scripts, not a package; conftest.py adds ROOT and TIKTOKEN_CACHE_DIR
 
 import cached_fineweb10B  # noqa: E402
 import encoders  # noqa: E402

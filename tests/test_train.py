@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+import train_gpt2
+import train_ngpt2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import train_gpt2  # noqa: E402
-import train_ngpt2  # noqa: E402
 
 SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 TINY = ["--vocab_size=256", "--n_layer=2", "--n_head=2", "--n_embd=64", "--mup_base_width=64", "--sequence_length=32",

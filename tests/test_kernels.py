@@ -1,0 +1,232 @@
+"""Triton kernels (norm_scale, residual_update, normalize_weights_) vs their plain-torch references.
+
+With a GPU the kernels run on CUDA; without one, on CPU tensors through Triton's interpreter (slow: shapes
+stay tiny). Run: python -m pytest tests/test_kernels.py
+"""
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTERPRET=1 before any import of triton
+
+pytest.importorskip("triton")
+import train_gpt2  # noqa: E402
+import train_ngpt2  # noqa: E402
+
+if not CUDA and type(train_gpt2._norm_scale_fwd_kernel).__name__ != "InterpretedFunction":
+    raise RuntimeError("tests/test_kernels.py: the training scripts were imported before TRITON_INTERPRET=1 was set "
+                       "(tests/conftest.py should have set it); run pytest with TRITON_INTERPRET=1 in the environment")
+
+
+@pytest.fixture(autouse=True)
+def default_device():
+    with torch.device("cuda" if CUDA else "cpu"):  # tensors below are created on the device the kernels run on
+        yield
+
+
+EPS = 1e-6
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+def grads(out, inputs, dy):
+    return torch.autograd.grad(out, [t for t in inputs if t is not None], dy)
+
+
+def check_norm_scale(mod, x, scale, dtype=torch.float32):
+    x = x.detach().requires_grad_()
+    scale = scale.detach().requires_grad_() if scale is not None else None
+    y = mod.norm_scale(x, scale, EPS, "triton")
+    y_ref = mod.norm_scale_torch(x, scale, EPS)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    torch.testing.assert_close(y, y_ref, **TOL[dtype])
+    dy = torch.randn_like(y)
+    for g, g_ref in zip(grads(y, [x, scale], dy), grads(y_ref, [x, scale], dy)):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, g_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("D, rows", [(100, 37), (768, 5), (1000, 3)])
+@pytest.mark.parametrize("scale_shape", ["none", "D", "GD"])
+def test_norm_scale_fp32(D, rows, scale_shape):
+    torch.manual_seed(D)
+    G = 2 if scale_shape == "GD" else 1  # 2 groups: several backward programs per group at D=100
+    x = torch.randn(rows * G, D)
+    scale = {"none": None, "D": torch.randn(D), "GD": torch.randn(G, D)}[scale_shape]
+    check_norm_scale(train_gpt2, x, scale)
+
+
+@pytest.mark.parametrize("D", [100, 768])
+def test_norm_scale_bf16(D):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, D).bfloat16()  # (B, T, heads, D) with a per-head scale, as nGPT's q and k
+    check_norm_scale(train_ngpt2, x, torch.randn(4, D), torch.bfloat16)
+    check_norm_scale(train_ngpt2, x, torch.randn(D).bfloat16(), torch.bfloat16)
+
+
+def test_norm_scale_per_head_rows():
+    # row r of the flattened (B*T*H, D) view must use scale[r % H]: compare against an explicit loop
+    torch.manual_seed(0)
+    x, scale = torch.randn(2, 5, 3, 16), torch.randn(3, 16)
+    y = train_gpt2.norm_scale(x, scale, EPS, "triton")
+    for h in range(3):
+        expected = x[:, :, h] / torch.sqrt(x[:, :, h].pow(2).sum(-1, keepdim=True) + EPS) * scale[h]
+        torch.testing.assert_close(y[:, :, h], expected)
+
+
+def test_norm_scale_zero_rows():
+    x = torch.randn(9, 100)
+    x[[0, 4, 8]] = 0.0
+    scale = torch.randn(100, requires_grad=True)
+    xr = x.clone().requires_grad_()
+    y = train_gpt2.norm_scale(xr, scale, EPS, "triton")
+    assert torch.isfinite(y).all() and (y[[0, 4, 8]] == 0).all()
+    y.sum().backward()
+    assert torch.isfinite(xr.grad).all() and torch.isfinite(scale.grad).all()
+    check_norm_scale(train_gpt2, x, scale)
+
+
+def test_norm_scale_non_contiguous():
+    torch.manual_seed(0)
+    check_norm_scale(train_gpt2, torch.randn(100, 11).t(), torch.randn(100))  # column stride != 1
+    check_norm_scale(train_gpt2, torch.randn(7, 130)[:, 5:105], torch.randn(100))  # row stride != D
+    qkv = torch.randn(2, 3, 3 * 4 * 16)
+    q = qkv[..., : 4 * 16].view(2, 3, 4, 16)  # a q slice of a fused qkv: not flattenable to 2-D without a copy
+    check_norm_scale(train_gpt2, q, torch.randn(4, 16))
+    # a non-contiguous incoming gradient
+    x = torch.randn(6, 100, requires_grad=True)
+    dy = torch.randn(100, 6).t()
+    g = torch.autograd.grad(train_gpt2.norm_scale(x, None, EPS, "triton"), x, dy)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(train_gpt2.norm_scale_torch(x, None, EPS), x, dy)[0])
+
+
+def test_norm_scale_bad_input():
+    x = torch.randn(4, 10)
+    with pytest.raises(ValueError, match="scale"):
+        train_gpt2.norm_scale(x, torch.ones(3, 10), EPS, "triton")  # 3 does not divide 4 rows
+    with pytest.raises(ValueError, match="scale"):
+        train_gpt2.norm_scale(x, torch.ones(9), EPS, "torch")
+    with pytest.raises(ValueError, match="kernels"):
+        train_gpt2.norm_scale(x, None, EPS, "cuda")
+
+
+def test_missing_triton_message(monkeypatch):
+    monkeypatch.setattr(train_gpt2, "triton", None)
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(train_gpt2.norm_scale(x, None, EPS, "torch"), train_gpt2.norm_scale_torch(x, None, EPS))
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        train_gpt2.norm_scale(x, None, EPS, "triton")
+
+
+def test_cpu_without_interpreter_message(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        train_gpt2.norm_scale(torch.randn(4, 10, device="cpu"), None, EPS, "triton")
+
+
+def check_residual(h, b, alpha, dtype=torch.float32):
+    h, b, alpha = (t.detach().requires_grad_() for t in (h, b, alpha))
+    out = train_ngpt2.residual_update(h, b, alpha, EPS, "triton")
+    ref = train_ngpt2.residual_update_torch(h, b, alpha, EPS)
+    assert out.shape == h.shape and out.dtype == h.dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    dy = torch.randn_like(out)
+    for g, g_ref in zip(grads(out, [h, b, alpha], dy), grads(ref, [h, b, alpha], dy)):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, g_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("D, rows", [(100, 37), (768, 5), (1000, 3)])
+def test_residual_update_fp32(D, rows):
+    torch.manual_seed(D)
+    h = torch.nn.functional.normalize(torch.randn(rows, D), dim=-1)
+    check_residual(h, torch.randn(rows, D), torch.rand(D))
+
+
+def test_residual_update_bf16_and_strides():
+    torch.manual_seed(0)
+    h = torch.nn.functional.normalize(torch.randn(2, 5, 100), dim=-1)
+    b = torch.randn(2, 100, 5).transpose(1, 2)  # non-contiguous branch output
+    check_residual(h.bfloat16(), b.bfloat16(), torch.rand(100), torch.bfloat16)
+    check_residual(h, b, torch.rand(100))
+    b[0, 1] = 0.0  # a zero branch output: its norm stays finite thanks to eps
+    check_residual(h, b, torch.rand(100))
+
+
+def test_residual_update_mixed_dtypes():
+    # under CUDA autocast the residual stream h is fp32 while the branch output b is bf16
+    torch.manual_seed(0)
+    h = torch.nn.functional.normalize(torch.randn(9, 100), dim=-1).requires_grad_()
+    b, alpha = torch.randn(9, 100).bfloat16().requires_grad_(), torch.rand(100, requires_grad=True)
+    out = train_ngpt2.residual_update(h, b, alpha, EPS, "triton")
+    ref = train_ngpt2.residual_update_torch(h, b, alpha, EPS)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    dy = torch.randn_like(out)
+    for g, g_ref, t in zip(grads(out, [h, b, alpha], dy), grads(ref, [h, b, alpha], dy), [h, b, alpha]):
+        assert g.dtype == t.dtype
+        torch.testing.assert_close(g, g_ref, **TOL[t.dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_normalize_weights(dtype):
+    torch.manual_seed(0)
+    ws = [torch.randn(37, 100).to(dtype), torch.randn(100, 37).to(dtype), torch.randn(24, 1000).t().to(dtype)]
+    pairs = [(ws[0], 1), (ws[1], 0), (ws[2], 1)]
+    refs = [w.clone() for w in ws]
+    train_ngpt2.normalize_weights_(pairs, EPS, "triton")
+    train_ngpt2.normalize_weights_([(r, d) for r, (_, d) in zip(refs, pairs)], EPS, "torch")
+    for (w, dim), ref in zip(pairs, refs):
+        torch.testing.assert_close(w, ref, **TOL[dtype])
+        norms = w.float().norm(dim=dim)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+
+
+def test_normalize_weights_parameter_in_place():
+    w = torch.nn.Parameter(torch.randn(20, 30))
+    ptr = w.data_ptr()
+    train_ngpt2.normalize_weights_([(w, 0)], EPS, "triton")
+    assert w.data_ptr() == ptr and w.requires_grad
+    torch.testing.assert_close(w.detach().norm(dim=0), torch.ones(30))
+
+
+def test_compile_fullgraph_no_graph_break():
+    def f(x, scale, h, alpha):
+        q = train_ngpt2.norm_scale(x, scale, EPS, "triton")
+        return train_ngpt2.residual_update(h, q.flatten(-2), alpha, EPS, "triton").square().sum()
+
+    torch._dynamo.reset()
+    args = [torch.randn(3, 2, 16, requires_grad=True), torch.randn(2, 16, requires_grad=True),
+            torch.nn.functional.normalize(torch.randn(3, 32), dim=-1).requires_grad_(), torch.rand(32, requires_grad=True)]
+    assert torch._dynamo.explain(f)(*args).graph_break_count == 0
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss = compiled(*args)
+    got = torch.autograd.grad(loss, args)
+    ref_loss = f(*args)
+    torch.testing.assert_close(loss, ref_loss)
+    for g, g_ref in zip(got, torch.autograd.grad(ref_loss, args)):
+        torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("module", [train_gpt2, train_ngpt2], ids=["gpt", "ngpt"])
+def test_tiny_model_triton_matches_torch(module):
+    # the whole model: same loss, gradients and post-step weights with either kernel set
+    losses, grad_sets, weights = [], [], []
+    torch.manual_seed(1)
+    x, y = torch.randint(64, (2, 2, 8)).unbind(0)
+    for kernels in ("triton", "torch"):
+        torch.manual_seed(0)
+        hp = module.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--mup_base_width=32",
+                                f"--kernels={kernels}"])
+        model = module.GPT(hp)
+        loss = model(x, y)
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        model.post_step()
+        losses.append(loss.detach())
+        grad_sets.append([p.grad for p in model.parameters()])
+        weights.append([p.detach() for p in model.parameters()])
+    torch.testing.assert_close(losses[0], losses[1])
+    for a, b in zip(grad_sets[0] + weights[0], grad_sets[1] + weights[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
