@@ -770,11 +770,11 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         train_loader.load_state(ckpt["loader"])
         start_step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # map_location moved it; RNG states live on the CPU
         np.random.set_state(ckpt["rng"]["numpy"])
         random.setstate(ckpt["rng"]["python"])
         if on_cuda and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([state.cpu() for state in ckpt["rng"]["cuda"]])
     if use_compile:
         model = torch.compile(model)
     if ddp:
