@@ -321,3 +321,14 @@ def test_scripts_identical_outside_the_model():
         if name != "model":
             assert a[name] == b[name], f"section {name!r} differs between the two scripts"
     assert a["model"] != b["model"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_bfloat16_parameter_storage_trains(name, data, tmp_path):
+    args = TINY + data + ["--num_iterations=10", "--val_loss_every=0", "--param_dtype=bfloat16", "--save_every=10",
+                          "--learning_rate=1e-2", "--run_id=bf16"]
+    val = losses(run_script(name, args, tmp_path).stdout, "val_loss")
+    assert val[10] < val[0], val
+    state = torch.load(tmp_path / "bf16.pt", weights_only=False)["model"]
+    assert {v.dtype for v in state.values() if v.ndim == 2} == {torch.bfloat16}  # matrices in bf16...
+    assert {v.dtype for v in state.values() if v.ndim == 1} == {torch.float32}  # ...gains and scalers stay fp32
