@@ -3,7 +3,12 @@
 With a GPU the kernels run on CUDA; without one, on CPU tensors through Triton's interpreter (slow: shapes
 stay tiny). Run: python -m pytest tests/test_kernels.py
 """
+import os
+import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,3 +235,27 @@ def test_tiny_model_triton_matches_torch(module):
     torch.testing.assert_close(losses[0], losses[1])
     for a, b in zip(grad_sets[0] + weights[0], grad_sets[1] + weights[1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "ngpt2"])
+def test_few_training_steps_triton_match_torch(name, tmp_path):
+    # the command-line training loop end to end, once per kernel set (under the interpreter on CPU)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = 20240520, 1, 3000
+    for split in ("train_000001", "val_000000"):
+        with open(tmp_path / f"k_{split}.bin", "wb") as f:
+            f.write(header.tobytes() + (np.arange(3000) * 7 % 64).astype(np.uint16).tobytes())
+    losses = {}
+    for kernels in ("triton", "torch"):
+        out = subprocess.run(
+            [sys.executable, os.path.join(root, f"train_{name}.py"), f"--input_bin={tmp_path}/k_train_*.bin",
+             f"--input_val_bin={tmp_path}/k_val_*.bin", "--vocab_size=64", "--n_layer=1", "--n_head=2", "--n_embd=32",
+             "--mup_base_width=32", "--sequence_length=16", "--batch_size=2", "--device_batch_size=2",
+             "--val_tokens=64", "--num_iterations=3", "--warmup_iters=0", "--warmdown_iters=1", "--val_loss_every=0",
+             "--save_every=0", f"--kernels={kernels}", f"--log_dir={tmp_path}"],
+            capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        losses[kernels] = [float(v) for v in re.findall(r"(?:train|val)_loss:([\d.]+)", out.stdout)]
+    assert len(losses["torch"]) == 5  # val at 0, three steps, val at 3
+    np.testing.assert_allclose(losses["triton"], losses["torch"], atol=2e-4)
