@@ -534,7 +534,7 @@ class GPT(nn.Module):
         for p in self.parameters():
             if p.ndim == 2:  # any init: the projection below puts every vector on the sphere (sec 2.6 step 1)
                 nn.init.normal_(p, std=1 / math.sqrt(hp.n_embd))
-        self.post_step()
+        normalize_weights_(self.normalized_matrices(), hp.norm_eps, "torch")  # built on the CPU, so plain torch
 
     def forward(self, idx, targets):
         h = self.embed(idx)  # embeddings are unit rows, so h starts on the sphere

@@ -259,3 +259,11 @@ def test_few_training_steps_triton_match_torch(name, tmp_path):
         losses[kernels] = [float(v) for v in re.findall(r"(?:train|val)_loss:([\d.]+)", out.stdout)]
     assert len(losses["torch"]) == 5  # val at 0, three steps, val at 3
     np.testing.assert_allclose(losses["triton"], losses["torch"], atol=2e-4)
+
+
+def test_ngpt_model_builds_on_cpu_with_triton_kernels(monkeypatch):
+    # main() builds the model on the CPU before moving it to the GPU: construction must not launch a kernel
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as on a CUDA machine: CPU tensors can't run Triton
+    hp = train_ngpt2.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--kernels=triton"])
+    model = train_ngpt2.GPT(hp)
+    torch.testing.assert_close(model.embed.weight.norm(dim=1), torch.ones(64))
