@@ -267,3 +267,14 @@ def test_ngpt_model_builds_on_cpu_with_triton_kernels(monkeypatch):
     hp = train_ngpt2.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--kernels=triton"])
     model = train_ngpt2.GPT(hp)
     torch.testing.assert_close(model.embed.weight.norm(dim=1), torch.ones(64))
+
+
+@pytest.mark.parametrize("module", [train_gpt2, train_ngpt2], ids=["gpt", "ngpt"])
+def test_whole_model_traces_without_graph_break(module):
+    hp = module.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--kernels=triton"])
+    model = module.GPT(hp)
+    idx = torch.randint(64, (2, 8))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(idx, idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
