@@ -592,7 +592,12 @@ def main(argv=None):
         if not os.path.isfile(hp.resume):
             sys.exit(f"error: --resume={hp.resume}: no such checkpoint")
         ckpt = torch.load(hp.resume, map_location=device, weights_only=False)
-        raw_model.load_state_dict(ckpt["model"])
+        try:
+            raw_model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:  # a different model size or the other script's checkpoint
+            saved = {k: v for k, v in ckpt["hyperparameters"].items() if getattr(hp, k, None) != v}
+            sys.exit(f"error: --resume={hp.resume} does not fit this model ({str(err).splitlines()[1].strip()}); "
+                     f"it was saved with {saved}")
         optimizer.load_state_dict(ckpt["optimizer"])
         train_loader.load_state(ckpt["loader"])
         start_step = ckpt["step"]

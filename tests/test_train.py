@@ -332,3 +332,11 @@ def test_bfloat16_parameter_storage_trains(name, data, tmp_path):
     state = torch.load(tmp_path / "bf16.pt", weights_only=False)["model"]
     assert {v.dtype for v in state.values() if v.ndim == 2} == {torch.bfloat16}  # matrices in bf16...
     assert {v.dtype for v in state.values() if v.ndim == 1} == {torch.float32}  # ...gains and scalers stay fp32
+
+
+def test_resume_with_another_model_size_is_a_clear_error(data, tmp_path):
+    run_script("gpt2", TINY + data + ["--num_iterations=4", "--save_every=4", "--run_id=small"], tmp_path)
+    out = run_script("gpt2", TINY + data + ["--num_iterations=8", "--n_embd=32", f"--resume={tmp_path}/small.pt"],
+                     tmp_path, check=False)
+    assert out.returncode != 0 and "does not fit this model" in out.stderr and "'n_embd': 64" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
