@@ -5,6 +5,7 @@ python train_gpt2.py --help                          # every hyperparameter, its
 python train_ngpt2.py --n_layer=4 --device=cpu       # any field as --name=value
 torchrun --standalone --nproc_per_node=8 train_ngpt2.py
 """
+import copy
 import dataclasses
 import glob
 import inspect
@@ -798,6 +799,22 @@ def main(argv=None):
     peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if on_cuda and k in torch.cuda.get_device_name()), None)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+    if use_compile:  # compile before the clock starts: a few real steps, then back to the state they began from
+        t0, start_state = time.perf_counter(), copy.deepcopy(dict(
+            model=raw_model.state_dict(), optimizer=optimizer.state_dict(), loader=train_loader.state()))
+        for _ in range(3):
+            x, y = train_loader.next_batch(device)
+            with autocast:
+                loss = model(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            raw_model.post_step()
+        raw_model.load_state_dict(start_state["model"])
+        optimizer.load_state_dict(start_state["optimizer"])
+        train_loader.load_state(start_state["loader"])
+        print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
 
     def evaluate():
         model.eval()

@@ -340,3 +340,13 @@ def test_resume_with_another_model_size_is_a_clear_error(data, tmp_path):
                      tmp_path, check=False)
     assert out.returncode != 0 and "does not fit this model" in out.stderr and "'n_embd': 64" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_compiled_run_warms_up_untimed_and_matches_eager(data, tmp_path):
+    args = TINY + data + ["--num_iterations=4", "--val_loss_every=0"]
+    eager = run_script("ngpt2", args + ["--compile=0"], tmp_path).stdout
+    compiled = run_script("ngpt2", args + ["--compile=1"], tmp_path).stdout
+    assert "compile_warmup:" in compiled and "compile_warmup:" not in eager
+    a, b = losses(eager, "train_loss"), losses(compiled, "train_loss")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]  # the warm-up steps left no trace in the step count...
+    assert all(abs(a[s] - b[s]) < 1e-3 for s in a), (a, b)  # ...nor in the weights, optimizer or data position
