@@ -891,6 +891,7 @@ def main(argv=None):
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print0(f"peak_memory:{peak:.0f}MiB ({'cuda allocated' if on_cuda else 'process max rss'})")
     if ddp:
+        dist.barrier()  # no rank tears down the process group while another still uses it
         dist.destroy_process_group()
 
 
