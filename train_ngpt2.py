@@ -788,13 +788,13 @@ def main(argv=None):
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else torch.autocast(
         "cpu", dtype=torch.bfloat16) if hp.param_dtype == "bfloat16" else nullcontext())
 
+    cfg = raw_model.config()
     print0(f"script:{script}")
     print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
-    print0(f"model_config:{json.dumps(raw_model.config())}")
+    print0(f"model_config:{json.dumps(cfg)}")
     print0(f"device:{device} processes:{world} micro_batches:{micro_batches} compile:{use_compile} kernels:{hp.kernels}"
            + (f" resumed_from:{hp.resume} at_step:{start_step}" if hp.resume else ""))
     tokens_per_step = hp.batch_size * hp.sequence_length
-    cfg = raw_model.config()
     flops_per_token = 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 12 * hp.n_layer * hp.n_embd * hp.sequence_length
     peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if on_cuda and k in torch.cuda.get_device_name()), None)
     signal.signal(signal.SIGTERM, on_signal)
