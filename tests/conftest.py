@@ -2,6 +2,8 @@
 import os
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -15,3 +17,12 @@ except ImportError:
 shared_tiktoken = os.path.join(os.path.dirname(ROOT), "shared", "tiktoken")
 if os.path.isdir(shared_tiktoken):
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", shared_tiktoken)
+
+
+def write_shard(path, tokens, magic=20240520, version=1):
+    """A token shard written by hand, so tests can also make broken ones (bad magic, unknown version)."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = magic, version, len(tokens)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype=np.uint16 if version == 1 else np.uint32).tobytes())

@@ -17,6 +17,7 @@ CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTER
 pytest.importorskip("triton")
 import train_gpt2  # noqa: E402
 import train_ngpt2  # noqa: E402
+from conftest import write_shard  # noqa: E402
 
 if not CUDA and type(train_gpt2._norm_scale_fwd_kernel).__name__ != "InterpretedFunction":
     raise RuntimeError("tests/test_kernels.py: the training scripts were imported before TRITON_INTERPRET=1 was set "
@@ -241,11 +242,8 @@ def test_tiny_model_triton_matches_torch(module):
 def test_few_training_steps_triton_match_torch(name, tmp_path):
     # the command-line training loop end to end, once per kernel set (under the interpreter on CPU)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = 20240520, 1, 3000
     for split in ("train_000001", "val_000000"):
-        with open(tmp_path / f"k_{split}.bin", "wb") as f:
-            f.write(header.tobytes() + (np.arange(3000) * 7 % 64).astype(np.uint16).tobytes())
+        write_shard(tmp_path / f"k_{split}.bin", np.arange(3000) * 7 % 64)
     losses = {}
     for kernels in ("triton", "torch"):
         out = subprocess.run(

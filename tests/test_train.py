@@ -12,6 +12,7 @@ import torch
 
 import train_gpt2
 import train_ngpt2
+from conftest import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,14 +20,6 @@ SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 TINY = ["--vocab_size=256", "--n_layer=2", "--n_head=2", "--n_embd=64", "--mup_base_width=64", "--sequence_length=32",
         "--batch_size=8", "--device_batch_size=4", "--val_tokens=1024", "--warmup_iters=2", "--warmdown_iters=4",
         "--learning_rate=3e-3", "--save_every=0"]
-
-
-def write_shard(path, tokens, magic=20240520, version=1):
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = magic, version, len(tokens)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype=np.uint16 if version == 1 else np.uint32).tobytes())
 
 
 @pytest.fixture(scope="module")
