@@ -450,12 +450,11 @@ def normalize_weights_(pairs, eps, kernels):
     for w, dim in pairs:
         if w.dim() != 2 or dim not in (0, 1):
             raise ValueError(f"normalize_weights_: expected a 2-D weight and dim 0 or 1, got {tuple(w.shape)}, dim={dim}")
+        v = w if dim == 1 else w.t()  # columns = rows of the transposed view: same memory, no copy
         if kernels == "triton":
-            v = w if dim == 1 else w.t()  # columns = rows of the transposed view: same memory, no copy
             _norm_scale_launch(v, None, eps, out=v)
         elif kernels == "torch":
-            wf = w.float()
-            w.copy_(wf * torch.rsqrt(wf.pow(2).sum(dim, keepdim=True) + eps))
+            v.copy_(norm_scale_torch(v, None, eps))
         else:
             raise ValueError(f"normalize_weights_: kernels must be 'triton' or 'torch', got {kernels!r}")
 
