@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Compare training logs: final val loss and speedups to a target loss, plots of val loss over seeds.
+"""Compare training logs: final val loss and speedups to a target loss, val loss plots, evaluation results.
 
 python records/compare.py logs/ab_20260101-120000 --markdown=table.md   # log files, or folders searched for *.txt
 python records/compare.py LOGS --baseline=ngpt --target=3.28 --out_dir=img --name=ab
 
-Reads the logs of train_*.py (script:/hyperparameters:{json} lines, then step:N/M key:value lines) and
-modded-nanogpt's (step lines only, grouped by folder). A log cut short by a crash is fine. Runs with the same
-script and hyperparameters (apart from IGNORED_KEYS) form a group whose seeds are repeats: curves are the mean
-over seeds, with a min..max band.
+Reads the logs of train_*.py (script:/hyperparameters:{json} lines, step:N/M key:value lines, and the
+eval:NAME step:N tokens:N key:value lines that evals/ appends) and modded-nanogpt's (step lines only, grouped
+by folder). A log cut short by a crash is fine. Runs with the same script and hyperparameters (apart from
+IGNORED_KEYS) form a group whose seeds are repeats: curves are the mean over seeds, with a min..max band.
+Evals: a table per eval name (each group at its latest evaluated step) and a plot of each metric vs tokens.
 Speedup = tokens (or train_time) the baseline group needs to reach the target val loss / what a group needs,
 interpolated linearly on the mean curves at their first crossing. Target: the baseline's final mean val loss.
 """
@@ -24,6 +25,7 @@ import numpy as np
 # Runs that differ only in these settings (repeats, bookkeeping, implementation) are one group.
 IGNORED_KEYS = ["seed", "run_id", "log_dir", "resume", "save_every", "val_loss_every", "device", "compile", "kernels"]
 STEP_RE = re.compile(r"step:(\d+)/(\d+)((?: \w+:\S+)*)")
+EVAL_RE = re.compile(r"eval:(\w+) step:(\d+) tokens:(\d+)((?: \w+:\S+)*)")
 COLUMNS = ["group", "runs", "final val loss", "step_avg", "tokens/s", "tokens to target", "speedup (tokens)",
            "time to target", "speedup (time)"]
 
@@ -50,7 +52,8 @@ def parse_log(path):
     except OSError as e:
         sys.exit(f"error: cannot read {path} ({e.strerror}); pass training logs or folders of them")
     run = SimpleNamespace(path=path, script=None, hp=None, total_steps=None, step_avg_ms=None, tokens_per_s=None,
-                          val={})   # step -> (val_loss, train_time ms); a step logged again (resume) keeps the last
+                          val={},     # step -> (val_loss, train_time ms); a step logged again (resume) keeps the last
+                          evals={})   # (name, settings, step) -> (tokens, {metric: value})
     for line in lines:
         line = line.rstrip()
         if line.startswith("script:"):
@@ -69,6 +72,12 @@ def parse_log(path):
                 run.tokens_per_s = f["tokens_per_s"]
             if "val_loss" in f:
                 run.val[int(m[1])] = (f["val_loss"], f.get("train_time", math.nan))
+        elif m := EVAL_RE.fullmatch(line):
+            # integer values (ctx, n) say what was evaluated, the others are metrics
+            raw = dict(item.partition(":")[::2] for item in m[4].split())
+            settings = tuple((k, int(v)) for k, v in raw.items() if v.isdigit())
+            metrics = {k: x for k, x in fields(m[4]).items() if not raw[k].isdigit()}
+            run.evals[(m[1], settings, int(m[2]))] = (int(m[3]), metrics)
     return run
 
 
@@ -215,6 +224,36 @@ def markdown(rows, columns):
     return "\n".join(lines) + "\n"
 
 
+def eval_names(groups):
+    return list(dict.fromkeys(k[0] for g in groups for r in g.runs for k in r.evals))
+
+
+def eval_points(g, name):
+    """{settings: {step: [(tokens, metrics) of each run evaluated there]}} for one group and one eval."""
+    out = {}
+    for r in g.runs:
+        for (n, settings, step), result in r.evals.items():
+            if n == name:
+                out.setdefault(settings, {}).setdefault(step, []).append(result)
+    return out
+
+
+def eval_table(groups, name):
+    """Each group's results at its latest evaluated step (per setting such as ctx), mean ± std over seeds."""
+    rows, columns = [], ["group", "runs", "step", "tokens"]
+    for g in groups:
+        for settings, by_step in eval_points(g, name).items():
+            step = max(by_step)
+            results = by_step[step]
+            row = {"group": g.label, "runs": len(results), "step": step, "tokens": fmt_count(results[0][0])}
+            row.update(settings)
+            for k in dict.fromkeys(k for _, m in results for k in m):
+                row[k] = mean_std([m[k] for _, m in results if k in m])
+            columns += [k for k in row if k not in columns]
+            rows.append(row)
+    return markdown(rows, columns)
+
+
 def plot_val(plt, groups, out_dir, prefix, target):
     """<out_dir>/<prefix>_val_vs_{step,tokens,time}.png; returns (paths, notes)."""
     paths, notes = [], []
@@ -253,6 +292,34 @@ def plot_val(plt, groups, out_dir, prefix, target):
     return paths, notes
 
 
+def plot_evals(plt, groups, out_dir, prefix):
+    """<out_dir>/<prefix>_eval_<name>.png: each metric vs the checkpoint's training tokens, mean over seeds."""
+    paths = []
+    for name in eval_names(groups):
+        lines = [(g, s, by_step) for g in groups for s, by_step in eval_points(g, name).items()]
+        results = [result for _, _, by_step in lines for res in by_step.values() for result in res]
+        metrics = list(dict.fromkeys(k for _, m in results for k in m))
+        settings = [s for _, s, _ in lines]   # in labels only where they vary (ctx of extrapolate, not n)
+        shown = {k for s in settings for k, _ in s if len({dict(t).get(k) for t in settings}) > 1}
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), dpi=120, squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            for i, (g, settings, by_step) in enumerate(lines):
+                pts = [(res[0][0], np.mean([m[metric] for _, m in res if metric in m]))
+                       for _, res in sorted(by_step.items()) if any(metric in m for _, m in res)]
+                label = " ".join([g.label] + [f"{k}={v}" for k, v in settings if k in shown])
+                if pts:
+                    ax.plot(*zip(*pts), "o-", color=f"C{i % 10}", label=label)
+            ax.set(xlabel="training tokens", ylabel=metric, title=f"{name} {metric}")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{prefix}: {name} (mean over seeds)")
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, f"{prefix}_eval_{name}.png"))
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
 def pick_baseline(groups, sub):
     """The group labelled sub, else the first whose label, else whose log path, contains sub; the first if None."""
     if sub is None:
@@ -272,8 +339,8 @@ def main(argv=None):
     p.add_argument("--tokens_per_step", type=int, metavar="N", help="for logs that do not say (modded-nanogpt's)")
     p.add_argument("--out_dir", default="img", help="folder for the plots (default: img)")
     p.add_argument("--name", default="ab", help="plot file prefix (default: ab)")
-    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
-    p.add_argument("--no_plot", action="store_true", help="only print the table")
+    p.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown to FILE")
+    p.add_argument("--no_plot", action="store_true", help="only print the tables")
     p.add_argument("--ignore", action="append", default=[], metavar="KEY",
                    help="one more hyperparameter to ignore when grouping runs (repeatable)")
     args = p.parse_args(argv)
@@ -289,12 +356,17 @@ def main(argv=None):
     how = "--target" if args.target is not None else "baseline final mean val loss"
     header = f"baseline: {groups[base].label}; target val loss: {target:.4f} ({how})"
     table = markdown(summarize(groups, base, target), COLUMNS)
+    evals = [(f"eval {name}: each group at its latest evaluated step, mean ± std over seeds", eval_table(groups, name))
+             for name in eval_names(groups)]
     print(header)
     print(table, end="")
+    for title, t in evals:
+        print(f"\n{title}\n{t}", end="")
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(table + "\n" + header[0].upper() + header[1:] + ".\n")
+            f.writelines(f"\n{title[0].upper() + title[1:]}.\n\n{t}" for title, t in evals)
         print(f"wrote {args.markdown}")
     if not args.no_plot:
         import matplotlib
@@ -302,6 +374,7 @@ def main(argv=None):
         import matplotlib.pyplot as plt
         os.makedirs(args.out_dir, exist_ok=True)
         paths, more = plot_val(plt, groups, args.out_dir, args.name, target)
+        paths += plot_evals(plt, groups, args.out_dir, args.name)
         notes += more
         print("".join(f"wrote {path}\n" for path in paths), end="")
     print("".join(f"note: {n}\n" for n in dict.fromkeys(notes)), end="")

@@ -1,4 +1,4 @@
-"""Tests for records/compare.py: log parsing, grouping, speedup, plots, CLI errors."""
+"""Tests for records/compare.py: log parsing, grouping, speedup, eval results, plots, CLI errors."""
 import importlib.util
 import json
 import os
@@ -18,8 +18,9 @@ def loss_at(step, speed=1.0):
 
 
 def write_our_log(path, script="train_gpt2.py", seed=0, n=40, every=10, speed=1.0, crash_after=None, offset=None,
-                  **hp_over):
-    """A log in our format: the source first (with look-alike lines), then env, script, hp, model lines, steps."""
+                  evals=(), **hp_over):
+    """A log in our format: the source first (with look-alike lines), then env, script, hp, model lines, steps,
+    and the eval lines given (appended after training, as the eval tools do)."""
     hp = dict(input_bin="data/tiny/tiny_train_*.bin", batch_size=4, sequence_length=32, num_iterations=n,
               n_layer=2, n_head=2, n_embd=32, learning_rate=1e-3, seed=seed, run_id=f"run{seed}", log_dir="logs",
               val_loss_every=every, kernels="torch", device="cpu", compile=False)
@@ -28,6 +29,7 @@ def write_our_log(path, script="train_gpt2.py", seed=0, n=40, every=10, speed=1.
     lines = ["import json", "def log(step, n, x):",
              '    print(f"step:{step}/{n} val_loss:{x:.4f} train_time:0ms")',
              'hyperparameters:{"not": json',        # source line that looks like the hp line
+             'eval:{name} step:{step} tokens:{tokens}',
              "torch 2.13.0 python 3.11",
              f"script:{script}", "hyperparameters:" + json.dumps(hp), 'model_config:{"n_layer": 2}']
     t = 0
@@ -44,7 +46,7 @@ def write_our_log(path, script="train_gpt2.py", seed=0, n=40, every=10, speed=1.
             path.write_text("\n".join(lines) + f"\nstep:{s + 1}/{n} val_loss:9.9")
             return path
     lines.append("peak_memory:12MiB")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines + list(evals)) + "\n")
     return path
 
 
@@ -77,6 +79,7 @@ def test_parse_our_format(tmp_path):
     assert run.step_avg_ms == pytest.approx(101.0)
     assert run.tokens_per_s == 1001
     assert run.total_steps == 40
+    assert run.evals == {}
     assert load(tmp_path / "a.txt")[0].tokens_per_step == 4 * 32
 
 
@@ -198,6 +201,68 @@ def test_table_speedup_and_not_reached(tmp_path):
     assert compare.pick_baseline(groups, "ngpt") == 1
 
 
+# -------------------------------------------------------------------------------------- evals
+
+def hellaswag(step, acc, acc_norm, n=100):
+    return f"eval:hellaswag step:{step} tokens:{step * 128} acc:{acc:.4f} acc_norm:{acc_norm:.4f} n:{n}"
+
+
+def extrapolate(step, ctx, loss):
+    return f"eval:extrapolate step:{step} tokens:{step * 128} ctx:{ctx} val_loss:{loss:.4f} ppl:31.71 bpb:1.0432"
+
+
+def write_eval_logs(folder):
+    folder.mkdir()
+    for s in (0, 1):
+        evals = [hellaswag(20, 0.25, 0.26), hellaswag(40, 0.30 + 0.02 * s, 0.31 + 0.04 * s),
+                 extrapolate(40, 32, 3.5 + s), extrapolate(40, 64, 3.7)]
+        write_our_log(folder / f"gpt{s}.txt", seed=s, evals=evals)
+        write_our_log(folder / f"ngpt{s}.txt", script="train_ngpt2.py", seed=s, speed=1.5,
+                      evals=[hellaswag(20, 0.4, 0.5)] if s == 0 else [])
+    write_our_log(folder / "gpt2.txt", seed=2, evals=[hellaswag(20, 0.9, 0.9)])   # a seed evaluated early only
+
+
+def test_parse_eval_lines(tmp_path):
+    write_eval_logs(tmp_path / "logs")
+    plain = compare.parse_log(str(write_our_log(tmp_path / "plain.txt", seed=0)))
+    run = compare.parse_log(str(tmp_path / "logs" / "gpt0.txt"))
+    assert run.val == plain.val                   # eval lines (one has a val_loss) leave the val curve alone
+    assert run.evals[("hellaswag", (("n", 100),), 40)] == (40 * 128, {"acc": 0.30, "acc_norm": 0.31})
+    assert run.evals[("extrapolate", (("ctx", 64),), 40)] == \
+        (40 * 128, {"val_loss": 3.7, "ppl": 31.71, "bpb": 1.0432})
+    assert len(run.evals) == 4
+
+
+def test_eval_table_latest_step_mean_std_over_seeds(tmp_path):
+    write_eval_logs(tmp_path / "logs")
+    runs, _ = compare.load_runs([str(tmp_path / "logs")])
+    groups = compare.group_runs(runs)
+    assert compare.eval_names(groups) == ["hellaswag", "extrapolate"]
+    rows = [ln.split("|")[1:-1] for ln in compare.eval_table(groups, "hellaswag").splitlines()]
+    assert [c.strip() for c in rows[0]] == ["group", "runs", "step", "tokens", "n", "acc", "acc_norm"]
+    gpt, ngpt = [[c.strip() for c in r] for r in rows[2:]]
+    # gpt: seeds 0 and 1 at step 40 (seed 2 stopped evaluating at step 20); std over 2 values = |a - b| / sqrt(2)
+    assert gpt == ["train_gpt2.py", "2", "40", "5.12K", "100", f"0.3100 ± {0.02 / 2 ** 0.5:.4f}",
+                   f"0.3300 ± {0.04 / 2 ** 0.5:.4f}"]
+    assert ngpt == ["train_ngpt2.py", "1", "20", "2.56K", "100", "0.4000", "0.5000"]
+    rows = compare.eval_table(groups, "extrapolate").splitlines()
+    assert len(rows) == 2 + 2                    # gpt at ctx 32 and ctx 64; ngpt has no extrapolation
+    assert "| train_gpt2.py | 2 | 40 | 5.12K | 32 | 4.0000 ± 0.7071 | 31.7100 ± 0.0000 |" in rows[2]
+
+
+def test_cli_writes_eval_tables_and_plots(tmp_path, capsys):
+    write_eval_logs(tmp_path / "logs")
+    md = tmp_path / "out" / "table.md"
+    compare.main([str(tmp_path / "logs"), "--out_dir", str(tmp_path / "img"), "--name", "t", "--markdown", str(md)])
+    stdout = capsys.readouterr().out
+    text = md.read_text()
+    assert "Eval hellaswag: each group at its latest evaluated step" in text
+    assert "eval extrapolate: each group" in stdout
+    assert text.count("| group | runs | step | tokens |") == 2
+    for name in ("val_vs_step", "val_vs_tokens", "val_vs_time", "eval_hellaswag", "eval_extrapolate"):
+        assert (tmp_path / "img" / f"t_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---------------------------------------------------------------------------------- CLI/plots
 
 def test_cli_writes_pngs_and_markdown(tmp_path, capsys):
@@ -215,6 +280,7 @@ def test_cli_writes_pngs_and_markdown(tmp_path, capsys):
     stdout = capsys.readouterr().out
     for kind in ("step", "tokens", "time"):
         assert (out / f"t_val_vs_{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("t_eval_*"))
     assert "tokens plot: skipped modded" in stdout
     assert "skipped " + str(logs / "notes.txt") in stdout
     rows = [ln for ln in md.read_text().splitlines() if ln.startswith("|")]
