@@ -29,8 +29,8 @@ def write_shard(path, tokens, vocab_size, version=None):
     """Writes tokens as one shard, atomically (a temporary file beside it, moved into place once whole)."""
     version = version or version_for_vocab(vocab_size)
     if vocab_size > MAX_VOCAB[version]:
-        sys.exit(f"error: a vocabulary of {vocab_size} tokens does not fit the 16-bit tokens of shard version 1; "
-                 f"use version 2 (leave the version unset to choose it from the vocabulary)")
+        sys.exit(f"error: a vocabulary of {vocab_size} tokens does not fit the {8 * DTYPES[version].itemsize}-bit "
+                 f"tokens of shard version {version}; leave the version unset to choose it from the vocabulary")
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         sys.exit(f"error: token ids for {path} must lie in [0, {vocab_size}), found {tokens.min()}..{tokens.max()}")

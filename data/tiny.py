@@ -37,7 +37,7 @@ def tiny_texts(max_chars=None):
     return kept
 
 
-def build(out_dir, tokenizer="spm", vocab=2048, max_chars=None, quiet=False):
+def build(out_dir, tokenizer="spm", vocab=2048, max_chars=None):
     """Writes the tiny shards (and the trained tokenizer) into out_dir; returns (val path, train path, Tokenizer)."""
     texts = tiny_texts(max_chars)
     if tokenizer == "spm":
@@ -49,11 +49,10 @@ def build(out_dir, tokenizer="spm", vocab=2048, max_chars=None, quiet=False):
     version = version_for_vocab(tok.vocab_size)
     val = write_shard(os.path.join(out_dir, "tiny_val_000000.bin"), tokens[:n_val], tok.vocab_size, version)
     train = write_shard(os.path.join(out_dir, "tiny_train_000001.bin"), tokens[n_val:], tok.vocab_size, version)
-    if not quiet:
-        print(f"tiny corpus: {len(texts)} docs, {sum(map(len, texts)):,} chars -> {tokens.size:,} tokens "
-              f"({n_val:,} val + {tokens.size - n_val:,} train), tokenizer {tok.name}, vocab size {tok.vocab_size}")
-        print(f"train with: --input_bin='{out_dir}/tiny_train_*.bin' --input_val_bin='{out_dir}/tiny_val_*.bin' "
-              f"--vocab_size={tok.vocab_size}")
+    print(f"tiny corpus: {len(texts)} docs, {sum(map(len, texts)):,} chars -> {tokens.size:,} tokens "
+          f"({n_val:,} val + {tokens.size - n_val:,} train), tokenizer {tok.name}, vocab size {tok.vocab_size}")
+    print(f"train with: --input_bin='{out_dir}/tiny_train_*.bin' --input_val_bin='{out_dir}/tiny_val_*.bin' "
+          f"--vocab_size={tok.vocab_size}")
     return val, train, tok
 
 

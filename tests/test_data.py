@@ -186,8 +186,8 @@ def test_train_tokenizer_on_corpus_then_encode(tmp_path):
 # ----------------------------------------------------------------------------- tiny corpus
 
 def test_tiny_default_build_is_deterministic_and_lossless(tmp_path):
-    val, train, tok = tiny.build(str(tmp_path / "a"), quiet=True)
-    tiny.build(str(tmp_path / "b"), quiet=True)
+    val, train, tok = tiny.build(str(tmp_path / "a"))
+    tiny.build(str(tmp_path / "b"))
     names = sorted(os.listdir(tmp_path / "a"))
     assert names == ["tiny_spm2048.model", "tiny_train_000001.bin", "tiny_val_000000.bin"]
     for n in names:
@@ -202,7 +202,7 @@ def test_tiny_default_build_is_deterministic_and_lossless(tmp_path):
 
 def test_tiny_gpt2(tmp_path):
     tok = gpt2_or_skip()
-    val, train, _ = tiny.build(str(tmp_path), tokenizer="gpt2", max_chars=50_000, quiet=True)
+    val, train, _ = tiny.build(str(tmp_path), tokenizer="gpt2", max_chars=50_000)
     assert np.array_equal(loader_tokens([val, train]), tok.encode_docs(tiny.tiny_texts(50_000), np.int64))
 
 
@@ -219,11 +219,16 @@ def test_tiny_gpt2(tmp_path):
     (["--input", "{tmp}/*.csv"], "matches no"),
     (["--input", "{tmp}/bad.jsonl"], r"bad.jsonl:2: expected a JSON object"),
     (["--input", "{tmp}/empty.jsonl"], "no documents found in 1 local file"),
+    (["--input", "{tmp}/notext.parquet"], "has no 'text' column"),
+    (["--train_tokenizer", "70000", "--shard_version", "1"], "does not fit the 16-bit tokens of --shard_version=1"),
 ])
 def test_prepare_user_errors(tmp_path, spm_model, argv, pattern):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     src = write_jsonl(tmp_path / "in.jsonl", ["some text"])
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
     (tmp_path / "empty.jsonl").write_text("\n")
+    pq.write_table(pa.table({"content": ["x"]}), tmp_path / "notext.parquet")
     base = ["--out_dir", str(tmp_path / "o"), "--tokenizer", f"spm:{spm_model}", "--workers", "1", "--no_progress"]
     if "--input" not in argv:
         base += ["--input", src]
@@ -233,7 +238,7 @@ def test_prepare_user_errors(tmp_path, spm_model, argv, pattern):
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     for cmd in (["tiny.py", "--tokenizer", "bert"], ["tiny.py", "--vocab", "10"],
                 ["prepare.py", "--input", "x.jsonl"], ["cached_fineweb10B.py", "104"]):
-        r = subprocess.run([sys.executable, os.path.join(DATA, *cmd[:1])] + cmd[1:], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, os.path.join(DATA, cmd[0])] + cmd[1:], capture_output=True, text=True,
                            timeout=120, cwd=tmp_path)
         assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (cmd, r.stderr)
 
@@ -319,9 +324,8 @@ def hub(tmp_path, monkeypatch):
     hub.originals = {}
     for name, n in [("fineweb_val_000000.bin", 50_000), ("fineweb_train_000001.bin", 5000),
                     ("fineweb_train_000002.bin", 4000)]:
-        shards.write_shard(str(tmp_path / name), rng.integers(0, 50257, n), 50257)
-        hub.originals[name] = hub.put("kjj0/fineweb10B-gpt2", name, (tmp_path / name).read_bytes())
-        os.remove(tmp_path / name)
+        path = os.path.join(hub.root, "kjj0", "fineweb10B-gpt2", "main", name)
+        hub.originals[name] = open(shards.write_shard(path, rng.integers(0, 50257, n), 50257), "rb").read()
     yield hub
     hub.close()
 
