@@ -22,6 +22,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the plain-torch kernels still work
     triton = None
+
+# Custom ops (Triton kernels) live in one namespace per module: both scripts define them and may share a process.
+OPS_NAMESPACE = "ngpt_ab_" + __name__.replace(".", "_")
 
 # ============================================================================ hyperparameters
 @dataclass
@@ -70,7 +74,8 @@ class Hyperparameters:
     n_layer: int = 12  # transformer blocks
     n_head: int = 12  # attention heads
     n_embd: int = 768  # model width
-    mlp_ratio: int = 4  # SwiGLU hidden width per n_embd (for each of the two input projections)
+    mlp_ratio: int = 4  # SwiGLU hidden width per n_embd, when mlp_hidden is 0
+    mlp_hidden: int = 0  # SwiGLU hidden width of each of the two input projections (0: mlp_ratio * n_embd)
     learning_rate: float = 15e-4  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay, matrices only (nGPT: none, sec 2.6 step 6)
     warmup_iters: int = 0  # steps of linear learning-rate warmup (nGPT: none, sec 2.6 step 6)
@@ -87,14 +92,12 @@ def field_help():
 
 
 def parse_args(argv):
-    hp, fields = Hyperparameters(), {f.name: f for f in dataclasses.fields(Hyperparameters)}
-    if "--help" in argv or "-h" in argv:
-        helps = field_help()
-        print(f"usage: {os.path.basename(__file__)} [--name=value ...]\n")
-        for name, f in fields.items():
-            print(f"  {f'--{name}={getattr(hp, name)}':<52} {f.type.__name__:<6} {helps.get(name, '')}")
-        sys.exit(0)
+    hp = Hyperparameters()
+    fields = {f.name: f for f in dataclasses.fields(Hyperparameters)}
+    show_help = "--help" in argv or "-h" in argv
     for arg in argv:
+        if arg in ("--help", "-h"):
+            continue
         name, eq, value = arg[2:].partition("=")
         if not arg.startswith("--") or not eq:
             sys.exit(f"error: expected --name=value, got {arg!r} (run with --help for the list)")
@@ -115,7 +118,319 @@ def parse_args(argv):
                  f"num_iterations={hp.num_iterations}; lower them with --warmup_iters=... --warmdown_iters=...")
     if hp.n_embd % hp.n_head or (hp.n_embd // hp.n_head) % 2:
         sys.exit(f"error: n_embd={hp.n_embd} must split into n_head={hp.n_head} heads of even size (RoPE)")
+    if not hp.mlp_hidden:
+        hp.mlp_hidden = hp.mlp_ratio * hp.n_embd
+    if show_help:
+        print_help(hp, fields)
+        sys.exit(0)
     return hp
+
+
+def print_help(hp, fields):
+    helps = field_help()
+    print(f"usage: {os.path.basename(__file__)} [--name=value ...]\n")
+    for name, f in fields.items():
+        print(f"  {f'--{name}={getattr(hp, name)}':<52} {f.type.__name__:<6} {helps.get(name, '')}")
+    params, non_embedding = count_params(hp)
+    print(f"\nthe model above: {params / 1e6:.1f}M parameters, {non_embedding / 1e6:.1f}M without the embedding "
+          f"and head ({params:,} and {non_embedding:,})")
+
+
+def count_params(hp):
+    """(total, non-embedding) parameter counts of the model hp describes, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        config = GPT(hp).config()
+    return config["params"], config["non_embedding_params"]
+
+# ============================================================================ model
+class Rotary(nn.Module):
+    """Rotary position embedding over (batch, time, head, head_dim) tensors."""
+
+    def __init__(self, head_dim, base=10000.0):
+        super().__init__()
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+
+    def forward(self, x):
+        angles = torch.outer(torch.arange(x.shape[1], device=x.device).float(), self.inv_freq)
+        cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+
+
+class Scaler(nn.Module):
+    """A trainable vector stored as s_scale and used as s * s_init / s_scale (sec 2.5): its effective value
+    starts at s_init while Adam sees a parameter of size s_scale."""
+
+    def __init__(self, size, init, scale):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((size,), float(scale)))
+        self.multiplier = init / scale
+
+    def forward(self):
+        return self.weight * self.multiplier
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.n_head = hp.n_head
+        self.head_dim = hp.n_embd // hp.n_head
+        self.eps = hp.norm_eps
+        self.kernels = hp.kernels
+        self.qkv = nn.Linear(hp.n_embd, 3 * hp.n_embd, bias=False)
+        self.proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
+        self.rotary = Rotary(self.head_dim)
+        sqk_size = hp.n_embd if hp.sqk_per_head else self.head_dim
+        self.s_qk = Scaler(sqk_size, 1.0, 1 / math.sqrt(hp.n_embd))  # eq. 15-16: s_qk init 1, scale 1/sqrt(d)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        q, k = self.rotary(q), self.rotary(k)
+        s_qk = self.s_qk().view(-1, self.head_dim)  # one row per head, or one row for all heads
+        q = norm_scale(q, s_qk, self.eps, self.kernels)  # eq. 15: q <- Norm(q) s_qk, after RoPE
+        k = norm_scale(k, s_qk, self.eps, self.kernels)  # eq. 16
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                           scale=math.sqrt(self.head_dim))  # eq. 17: softmax scale sqrt(d_k)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        hidden = hp.mlp_hidden
+        self.fc = nn.Linear(hp.n_embd, 2 * hidden, bias=False)
+        self.proj = nn.Linear(hidden, hp.n_embd, bias=False)
+        self.s_u = Scaler(hidden, 1.0, 1.0)  # eq. 20-21: s_u and s_v init 1, scale 1
+        self.s_v = Scaler(hidden, 1.0, 1.0)
+        self.sqrt_d = math.sqrt(hp.n_embd)
+        self.suv_scales_u = hp.suv_scales_u
+
+    def forward(self, x):
+        u, v = self.fc(x).chunk(2, dim=-1)
+        u = u * self.s_u() * (self.sqrt_d if self.suv_scales_u else 1.0)  # eq. 20: u <- u s_u
+        v = v * (self.s_v() * self.sqrt_d)  # eq. 21: v <- v s_v sqrt(d_model), so SiLU sees O(1) inputs
+        return self.proj(u * F.silu(v))
+
+
+class Block(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.attn = CausalSelfAttention(hp)
+        self.mlp = MLP(hp)
+        self.eps = hp.norm_eps
+        self.kernels = hp.kernels
+        scale = 1 / math.sqrt(hp.n_embd)
+        self.alpha_attn = Scaler(hp.n_embd, hp.alpha_init, scale)  # sec 2.6 step 5: alpha init 0.05, scale 1/sqrt(d)
+        self.alpha_mlp = Scaler(hp.n_embd, hp.alpha_init, scale)
+
+    def forward(self, h):
+        h = residual_update(h, self.attn(h), self.alpha_attn().abs(), self.eps, self.kernels)  # eq. 10
+        return residual_update(h, self.mlp(h), self.alpha_mlp().abs(), self.eps, self.kernels)  # eq. 11
+
+
+class GPT(nn.Module):
+    def __init__(self, hp):
+        super().__init__()
+        self.hp = hp
+        self.width_mult = hp.n_embd / hp.mup_base_width if hp.mup_base_width else 1.0
+        self.embed = nn.Embedding(hp.vocab_size, hp.n_embd)
+        self.blocks = nn.ModuleList([Block(hp) for _ in range(hp.n_layer)])
+        self.lm_head = nn.Linear(hp.n_embd, hp.vocab_size, bias=False)
+        self.s_z = Scaler(hp.vocab_size, 1.0, 1 / math.sqrt(hp.n_embd))  # eq. 3: logits scaled by s_z
+        for p in self.parameters():
+            if p.ndim == 2:  # any init: the projection below puts every vector on the sphere (sec 2.6 step 1)
+                nn.init.normal_(p, std=1 / math.sqrt(hp.n_embd))
+        normalize_weights_(self.normalized_matrices(), hp.norm_eps, "torch")  # built on the CPU, so plain torch
+
+    def forward(self, idx, targets=None):
+        """Mean cross-entropy over targets; without targets, the logits (batch, time, vocab)."""
+        h = self.embed(idx)  # embeddings are unit rows, so h starts on the sphere
+        for block in self.blocks:
+            h = block(h)
+        logits = self.lm_head(h) * self.s_z().to(h.dtype)  # eq. 3: z = E_output h * s_z; no final norm
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+    def param_groups(self):
+        """AdamW groups: weight decay (none by default) on matrices only; muP divides hidden matrices' lr by the
+        width ratio. Init scale and logit size need no muP rule here: weights are unit vectors and logits are
+        cosines times s_z at any width."""
+        hidden = {id(p) for block in self.blocks for p in block.parameters() if p.ndim == 2}
+        groups = {"hidden": [], "matrix": [], "vector": []}
+        for p in self.parameters():
+            groups["hidden" if id(p) in hidden else "matrix" if p.ndim == 2 else "vector"].append(p)
+        lr = self.hp.learning_rate
+        wd = self.hp.weight_decay
+        return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd),
+                dict(params=groups["matrix"], lr=lr, weight_decay=wd),
+                dict(params=groups["vector"], lr=lr, weight_decay=0.0)]
+
+    def normalized_matrices(self):
+        """(matrix, dim) pairs: dim 1 normalizes rows (input side), dim 0 columns (output projections)."""
+        pairs = [(self.embed.weight, 1), (self.lm_head.weight, 1)]
+        for block in self.blocks:
+            pairs += [(block.attn.qkv.weight, 1), (block.attn.proj.weight, 0),
+                      (block.mlp.fc.weight, 1), (block.mlp.proj.weight, 0)]
+        return pairs
+
+    def post_step(self):
+        normalize_weights_(self.normalized_matrices(), self.hp.norm_eps, self.hp.kernels)  # sec 2.6 step 7
+
+    def config(self):
+        params = sum(p.numel() for p in self.parameters())
+        embedding = self.embed.weight.numel() + self.lm_head.weight.numel()  # untied: both are vocab x width
+        return dict(model="ngpt", n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_embd=self.hp.n_embd,
+                    vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_hidden, width_mult=self.width_mult,
+                    params=params, non_embedding_params=params - embedding)
+
+
+# nGPT kernels: fused residual update h <- norm(h + alpha * (norm(b) - h)) and post-step weight renorm.
+# norm(v) = v * rsqrt(sum(v^2) + eps). Uses _check_triton, _tile_config, _bwd_grid and
+# _norm_scale_launch from the kernels section below.
+
+if triton is not None:
+
+    @triton.jit
+    def _residual_fwd_kernel(H, B, A, OUT, RSTD_B, RSTD_U, n_rows, D, eps,
+                             stride_hr, stride_hc, stride_br, stride_bc,
+                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        rmask = r < n_rows
+        mask = rmask[:, None] & (cols < D)[None, :]
+        r64 = r.to(tl.int64)[:, None]
+        h = tl.load(H + r64 * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(B + r64 * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(A + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+        rstd_b = tl.rsqrt(tl.sum(b * b, axis=1) + eps)
+        u = h + a * (b * rstd_b[:, None] - h)
+        rstd_u = tl.rsqrt(tl.sum(u * u, axis=1) + eps)
+        tl.store(OUT + r64 * D + cols[None, :], (u * rstd_u[:, None]).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(RSTD_B + r, rstd_b, mask=rmask)
+        tl.store(RSTD_U + r, rstd_u, mask=rmask)
+
+    @triton.jit
+    def _residual_bwd_kernel(DO, H, B, A, RSTD_B, RSTD_U, DH, DB, DA_PART, n_rows, D, rows_per_prog,
+                             stride_dor, stride_doc, stride_hr, stride_hc, stride_br, stride_bc,
+                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        # recomputes norm(b), u and out from h, b and the two saved rstd; dalpha partial per program
+        p = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        cmask = cols < D
+        a = tl.load(A + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(p * rows_per_prog, (p + 1) * rows_per_prog, ROWS):
+            r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
+            rmask = r < n_rows
+            mask = rmask[:, None] & cmask[None, :]
+            do = tl.load(DO + r[:, None] * stride_dor + cols[None, :] * stride_doc, mask=mask, other=0.0).to(tl.float32)
+            h = tl.load(H + r[:, None] * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
+            b = tl.load(B + r[:, None] * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
+            rstd_b = tl.load(RSTD_B + r, mask=rmask, other=0.0)[:, None]
+            rstd_u = tl.load(RSTD_U + r, mask=rmask, other=0.0)[:, None]
+            bn = b * rstd_b
+            o = (h + a * (bn - h)) * rstd_u
+            du = rstd_u * (do - o * tl.sum(do * o, axis=1)[:, None])  # through the outer norm
+            dbn = du * a
+            db = rstd_b * (dbn - bn * tl.sum(dbn * bn, axis=1)[:, None])  # through the inner norm
+            tl.store(DH + r[:, None] * D + cols[None, :], (du * (1.0 - a)).to(DH.dtype.element_ty), mask=mask)
+            tl.store(DB + r[:, None] * D + cols[None, :], db.to(DB.dtype.element_ty), mask=mask)
+            acc += tl.sum(du * (bn - h), axis=0)
+        tl.store(DA_PART + p * D + cols, acc, mask=cmask)
+
+
+@torch.library.custom_op(f"{OPS_NAMESPACE}::residual_update_fwd", mutates_args=())
+def _residual_fwd_op(h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_triton(h)
+    D = h.shape[-1]
+    h2, b2 = h.reshape(-1, D), b.reshape(-1, D)  # views when possible, any strides
+    n_rows = h2.shape[0]
+    out = torch.empty((n_rows, D), device=h.device, dtype=h.dtype)
+    rstd_b = torch.empty(n_rows, device=h.device, dtype=torch.float32)
+    rstd_u = torch.empty_like(rstd_b)
+    block, rows, num_warps = _tile_config(D)
+    _residual_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+        h2, b2, alpha.contiguous(), out, rstd_b, rstd_u, n_rows, D, eps,
+        h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
+    return out.view(h.shape), rstd_b, rstd_u
+
+
+@_residual_fwd_op.register_fake
+def _(h, b, alpha, eps):
+    n_rows = h.numel() // h.shape[-1]
+    return h.new_empty(h.shape), h.new_empty(n_rows, dtype=torch.float32), h.new_empty(n_rows, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{OPS_NAMESPACE}::residual_update_bwd", mutates_args=())
+def _residual_bwd_op(dout: torch.Tensor, h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
+                     rstd_b: torch.Tensor, rstd_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_triton(h)
+    D = h.shape[-1]
+    do2, h2, b2 = dout.reshape(-1, D), h.reshape(-1, D), b.reshape(-1, D)
+    n_rows = h2.shape[0]
+    block, rows, num_warps = _tile_config(D)
+    n_prog, rows_per_prog = _bwd_grid(n_rows, 1, rows, h.device)
+    dh = torch.empty((n_rows, D), device=h.device, dtype=h.dtype)
+    db = torch.empty((n_rows, D), device=h.device, dtype=b.dtype)
+    da_part = torch.empty((n_prog, D), device=h.device, dtype=torch.float32)
+    _residual_bwd_kernel[(n_prog,)](
+        do2, h2, b2, alpha.contiguous(), rstd_b, rstd_u, dh, db, da_part, n_rows, D, rows_per_prog,
+        do2.stride(0), do2.stride(1), h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1),
+        BLOCK=block, ROWS=rows, num_warps=num_warps)
+    return dh.view(h.shape), db.view(b.shape), da_part.sum(0).to(alpha.dtype)
+
+
+@_residual_bwd_op.register_fake
+def _(dout, h, b, alpha, rstd_b, rstd_u):
+    return h.new_empty(h.shape), b.new_empty(b.shape), alpha.new_empty(alpha.shape)
+
+
+def _residual_setup(ctx, inputs, output):
+    h, b, alpha, _ = inputs
+    ctx.save_for_backward(h, b, alpha, output[1], output[2])
+
+
+def _residual_backward(ctx, dout, _drb, _dru):
+    dh, db, dalpha = _residual_bwd_op(dout, *ctx.saved_tensors)
+    return dh, db, dalpha, None
+
+
+_residual_fwd_op.register_autograd(_residual_backward, setup_context=_residual_setup)
+
+
+def residual_update_torch(h, b, alpha, eps):
+    """Plain-torch reference: fp32 math, output in h.dtype."""
+    hf, bf = h.float(), b.float()
+    bn = bf * torch.rsqrt(bf.pow(2).sum(-1, keepdim=True) + eps)
+    u = hf + alpha.float() * (bn - hf)
+    return (u * torch.rsqrt(u.pow(2).sum(-1, keepdim=True) + eps)).to(h.dtype)
+
+
+def residual_update(h, b, alpha, eps, kernels):
+    """nGPT residual step norm(h + alpha * (norm(b) - h)); alpha is the effective (D,) step size."""
+    if h.shape != b.shape or alpha.shape != (h.shape[-1],):
+        raise ValueError(f"residual_update: h and b must have the same shape (..., D) and alpha shape (D,); "
+                         f"got h {tuple(h.shape)}, b {tuple(b.shape)}, alpha {tuple(alpha.shape)}")
+    if kernels == "triton":
+        return _residual_fwd_op(h, b, alpha, eps)[0]
+    return residual_update_torch(h, b, alpha, eps)
+
+
+@torch.no_grad()
+def normalize_weights_(pairs, eps, kernels):
+    """In place: for (w, dim) in pairs, give each vector along `dim` of the 2-D w unit norm (1: rows, 0: columns)."""
+    for w, dim in pairs:
+        if w.dim() != 2 or dim not in (0, 1):
+            raise ValueError(f"normalize_weights_: expected a 2-D weight and dim 0 or 1, got {tuple(w.shape)}, "
+                             f"dim={dim}")
+        v = w if dim == 1 else w.t()  # columns = rows of the transposed view: same memory, no copy
+        if kernels == "triton":
+            _norm_scale_launch(v, None, eps, out=v)
+        else:
+            v.copy_(norm_scale_torch(v, None, eps))
 
 # ============================================================================ kernels
 # norm_scale(x, scale, eps, kernels) = x * rsqrt(sum(x^2, -1) + eps) * scale
@@ -229,12 +544,8 @@ def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
     return dx, dscale
 
 
-# One op namespace per module: train_gpt2 and train_ngpt2 both define these ops and may share a process.
-_OPS_NS = "ngpt_ab_" + __name__.replace(".", "_")
-
-
-@torch.library.custom_op(f"{_OPS_NS}::norm_scale_fwd", mutates_args=())
-def _norm_scale_fwd_op(x: torch.Tensor, scale: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+@torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_fwd", mutates_args=())
+def _norm_scale_fwd_op(x: torch.Tensor, scale: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps)  # reshape copies only if not viewable
     return y.view(x.shape), rstd
 
@@ -244,8 +555,8 @@ def _(x, scale, eps):
     return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
 
 
-@torch.library.custom_op(f"{_OPS_NS}::norm_scale_bwd", mutates_args=())
-def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None,
+@torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_bwd", mutates_args=())
+def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     D = x.shape[-1]
     dx, dscale = _norm_scale_bwd_launch(dy.reshape(-1, D), x.reshape(-1, D), scale, rstd)
@@ -254,7 +565,9 @@ def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | 
 
 @_norm_scale_bwd_op.register_fake
 def _(dy, x, scale, rstd):
-    return x.new_empty(x.shape), scale.new_empty(scale.shape) if scale is not None else x.new_empty(0, dtype=torch.float32)
+    if scale is None:
+        return x.new_empty(x.shape), x.new_empty(0, dtype=torch.float32)
+    return x.new_empty(x.shape), scale.new_empty(scale.shape)
 
 
 def _norm_scale_setup(ctx, inputs, output):
@@ -289,292 +602,14 @@ def norm_scale(x, scale, eps, kernels):
                          f"{x.numel() // D}; got scale {tuple(scale.shape)} for x {tuple(x.shape)}")
     if not eps > 0:
         raise ValueError(f"norm_scale: eps must be > 0 (zero rows would give NaN), got {eps}")
-    if kernels == "torch":
-        return norm_scale_torch(x, scale, eps)
     if kernels == "triton":
         return _norm_scale_fwd_op(x, scale, eps)[0]
-    raise ValueError(f"norm_scale: kernels must be 'triton' or 'torch', got {kernels!r}")
-
-# ============================================================================ model
-class Rotary(nn.Module):
-    """Rotary position embedding over (batch, time, head, head_dim) tensors."""
-
-    def __init__(self, head_dim, base=10000.0):
-        super().__init__()
-        self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
-
-    def forward(self, x):
-        angles = torch.outer(torch.arange(x.shape[1], device=x.device).float(), self.inv_freq)
-        cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
-
-
-# nGPT kernels: fused residual update h <- norm(h + alpha * (norm(b) - h)) and post-step weight renorm.
-# norm(v) = v * rsqrt(sum(v^2) + eps). Uses _check_triton/_tile_config/_bwd_grid/_norm_scale_launch above.
-
-if triton is not None:
-
-    @triton.jit
-    def _residual_fwd_kernel(H, B, A, OUT, RSTD_B, RSTD_U, n_rows, D, eps,
-                             stride_hr, stride_hc, stride_br, stride_bc,
-                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.arange(0, BLOCK)
-        rmask = r < n_rows
-        mask = rmask[:, None] & (cols < D)[None, :]
-        r64 = r.to(tl.int64)[:, None]
-        h = tl.load(H + r64 * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(B + r64 * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(A + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
-        rstd_b = tl.rsqrt(tl.sum(b * b, axis=1) + eps)
-        u = h + a * (b * rstd_b[:, None] - h)
-        rstd_u = tl.rsqrt(tl.sum(u * u, axis=1) + eps)
-        tl.store(OUT + r64 * D + cols[None, :], (u * rstd_u[:, None]).to(OUT.dtype.element_ty), mask=mask)
-        tl.store(RSTD_B + r, rstd_b, mask=rmask)
-        tl.store(RSTD_U + r, rstd_u, mask=rmask)
-
-    @triton.jit
-    def _residual_bwd_kernel(DO, H, B, A, RSTD_B, RSTD_U, DH, DB, DA_PART, n_rows, D, rows_per_prog,
-                             stride_dor, stride_doc, stride_hr, stride_hc, stride_br, stride_bc,
-                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        # recomputes norm(b), u and out from h, b and the two saved rstd; dalpha partial per program
-        p = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        cmask = cols < D
-        a = tl.load(A + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for k0 in range(p * rows_per_prog, (p + 1) * rows_per_prog, ROWS):
-            r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
-            rmask = r < n_rows
-            mask = rmask[:, None] & cmask[None, :]
-            do = tl.load(DO + r[:, None] * stride_dor + cols[None, :] * stride_doc, mask=mask, other=0.0).to(tl.float32)
-            h = tl.load(H + r[:, None] * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
-            b = tl.load(B + r[:, None] * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
-            rstd_b = tl.load(RSTD_B + r, mask=rmask, other=0.0)[:, None]
-            rstd_u = tl.load(RSTD_U + r, mask=rmask, other=0.0)[:, None]
-            bn = b * rstd_b
-            o = (h + a * (bn - h)) * rstd_u
-            du = rstd_u * (do - o * tl.sum(do * o, axis=1)[:, None])  # through the outer norm
-            dbn = du * a
-            db = rstd_b * (dbn - bn * tl.sum(dbn * bn, axis=1)[:, None])  # through the inner norm
-            tl.store(DH + r[:, None] * D + cols[None, :], (du * (1.0 - a)).to(DH.dtype.element_ty), mask=mask)
-            tl.store(DB + r[:, None] * D + cols[None, :], db.to(DB.dtype.element_ty), mask=mask)
-            acc += tl.sum(du * (bn - h), axis=0)
-        tl.store(DA_PART + p * D + cols, acc, mask=cmask)
-
-
-@torch.library.custom_op(f"{_OPS_NS}::residual_update_fwd", mutates_args=())
-def _residual_fwd_op(h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_triton(h)
-    D = h.shape[-1]
-    h2, b2 = h.reshape(-1, D), b.reshape(-1, D)  # views when possible, any strides
-    n_rows = h2.shape[0]
-    out = torch.empty((n_rows, D), device=h.device, dtype=h.dtype)
-    rstd_b = torch.empty(n_rows, device=h.device, dtype=torch.float32)
-    rstd_u = torch.empty_like(rstd_b)
-    block, rows, num_warps = _tile_config(D)
-    _residual_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-        h2, b2, alpha.contiguous(), out, rstd_b, rstd_u, n_rows, D, eps,
-        h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
-    return out.view(h.shape), rstd_b, rstd_u
-
-
-@_residual_fwd_op.register_fake
-def _(h, b, alpha, eps):
-    n_rows = h.numel() // h.shape[-1]
-    return h.new_empty(h.shape), h.new_empty(n_rows, dtype=torch.float32), h.new_empty(n_rows, dtype=torch.float32)
-
-
-@torch.library.custom_op(f"{_OPS_NS}::residual_update_bwd", mutates_args=())
-def _residual_bwd_op(dout: torch.Tensor, h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
-                     rstd_b: torch.Tensor, rstd_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_triton(h)
-    D = h.shape[-1]
-    do2, h2, b2 = dout.reshape(-1, D), h.reshape(-1, D), b.reshape(-1, D)
-    n_rows = h2.shape[0]
-    block, rows, num_warps = _tile_config(D)
-    n_prog, rows_per_prog = _bwd_grid(n_rows, 1, rows, h.device)
-    dh = torch.empty((n_rows, D), device=h.device, dtype=h.dtype)
-    db = torch.empty((n_rows, D), device=h.device, dtype=b.dtype)
-    da_part = torch.empty((n_prog, D), device=h.device, dtype=torch.float32)
-    _residual_bwd_kernel[(n_prog,)](
-        do2, h2, b2, alpha.contiguous(), rstd_b, rstd_u, dh, db, da_part, n_rows, D, rows_per_prog,
-        do2.stride(0), do2.stride(1), h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1),
-        BLOCK=block, ROWS=rows, num_warps=num_warps)
-    return dh.view(h.shape), db.view(b.shape), da_part.sum(0).to(alpha.dtype)
-
-
-@_residual_bwd_op.register_fake
-def _(dout, h, b, alpha, rstd_b, rstd_u):
-    return h.new_empty(h.shape), b.new_empty(b.shape), alpha.new_empty(alpha.shape)
-
-
-def _residual_setup(ctx, inputs, output):
-    h, b, alpha, _ = inputs
-    ctx.save_for_backward(h, b, alpha, output[1], output[2])
-
-
-def _residual_backward(ctx, dout, _drb, _dru):
-    dh, db, dalpha = _residual_bwd_op(dout, *ctx.saved_tensors)
-    return dh, db, dalpha, None
-
-
-_residual_fwd_op.register_autograd(_residual_backward, setup_context=_residual_setup)
-
-
-def residual_update_torch(h, b, alpha, eps):
-    """Plain-torch reference: fp32 math, output in h.dtype."""
-    hf, bf = h.float(), b.float()
-    bn = bf * torch.rsqrt(bf.pow(2).sum(-1, keepdim=True) + eps)
-    u = hf + alpha.float() * (bn - hf)
-    return (u * torch.rsqrt(u.pow(2).sum(-1, keepdim=True) + eps)).to(h.dtype)
-
-
-def residual_update(h, b, alpha, eps, kernels):
-    """nGPT residual step norm(h + alpha * (norm(b) - h)); alpha is the effective (D,) step size."""
-    if h.shape != b.shape or alpha.shape != (h.shape[-1],):
-        raise ValueError(f"residual_update: h and b must have the same shape (..., D) and alpha shape (D,); "
-                         f"got h {tuple(h.shape)}, b {tuple(b.shape)}, alpha {tuple(alpha.shape)}")
-    if kernels == "torch":
-        return residual_update_torch(h, b, alpha, eps)
-    if kernels == "triton":
-        return _residual_fwd_op(h, b, alpha, eps)[0]
-    raise ValueError(f"residual_update: kernels must be 'triton' or 'torch', got {kernels!r}")
-
-
-@torch.no_grad()
-def normalize_weights_(pairs, eps, kernels):
-    """In place: for (w, dim) in pairs, give each vector along `dim` of the 2-D w unit norm (dim=1: rows, 0: columns)."""
-    for w, dim in pairs:
-        if w.dim() != 2 or dim not in (0, 1):
-            raise ValueError(f"normalize_weights_: expected a 2-D weight and dim 0 or 1, got {tuple(w.shape)}, dim={dim}")
-        v = w if dim == 1 else w.t()  # columns = rows of the transposed view: same memory, no copy
-        if kernels == "triton":
-            _norm_scale_launch(v, None, eps, out=v)
-        elif kernels == "torch":
-            v.copy_(norm_scale_torch(v, None, eps))
-        else:
-            raise ValueError(f"normalize_weights_: kernels must be 'triton' or 'torch', got {kernels!r}")
-
-
-class Scaler(nn.Module):
-    """A trainable vector stored as s_scale and used as s * s_init / s_scale (sec 2.5): its effective value
-    starts at s_init while Adam sees a parameter of size s_scale."""
-
-    def __init__(self, size, init, scale):
-        super().__init__()
-        self.weight, self.multiplier = nn.Parameter(torch.full((size,), float(scale))), init / scale
-
-    def forward(self):
-        return self.weight * self.multiplier
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, hp):
-        super().__init__()
-        self.n_head, self.head_dim, self.eps, self.kernels = hp.n_head, hp.n_embd // hp.n_head, hp.norm_eps, hp.kernels
-        self.qkv = nn.Linear(hp.n_embd, 3 * hp.n_embd, bias=False)
-        self.proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
-        self.rotary = Rotary(self.head_dim)
-        sqk_size = hp.n_embd if hp.sqk_per_head else self.head_dim
-        self.s_qk = Scaler(sqk_size, 1.0, 1 / math.sqrt(hp.n_embd))  # eq. 15-16: s_qk init 1, scale 1/sqrt(d)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
-        q, k = self.rotary(q), self.rotary(k)
-        s_qk = self.s_qk().view(-1, self.head_dim)  # one row per head, or one row for all heads
-        q = norm_scale(q, s_qk, self.eps, self.kernels)  # eq. 15: q <- Norm(q) s_qk, after RoPE
-        k = norm_scale(k, s_qk, self.eps, self.kernels)  # eq. 16
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                           scale=math.sqrt(self.head_dim))  # eq. 17: softmax scale sqrt(d_k)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class MLP(nn.Module):
-    def __init__(self, hp):
-        super().__init__()
-        hidden = hp.mlp_ratio * hp.n_embd
-        self.fc = nn.Linear(hp.n_embd, 2 * hidden, bias=False)
-        self.proj = nn.Linear(hidden, hp.n_embd, bias=False)
-        self.s_u, self.s_v = Scaler(hidden, 1.0, 1.0), Scaler(hidden, 1.0, 1.0)  # eq. 20-21: init 1, scale 1
-        self.sqrt_d, self.suv_scales_u = math.sqrt(hp.n_embd), hp.suv_scales_u
-
-    def forward(self, x):
-        u, v = self.fc(x).chunk(2, dim=-1)
-        u = u * self.s_u() * (self.sqrt_d if self.suv_scales_u else 1.0)  # eq. 20: u <- u s_u
-        v = v * (self.s_v() * self.sqrt_d)  # eq. 21: v <- v s_v sqrt(d_model), so SiLU sees O(1) inputs
-        return self.proj(u * F.silu(v))
-
-
-class Block(nn.Module):
-    def __init__(self, hp):
-        super().__init__()
-        self.attn, self.mlp, self.eps, self.kernels = CausalSelfAttention(hp), MLP(hp), hp.norm_eps, hp.kernels
-        scale = 1 / math.sqrt(hp.n_embd)
-        self.alpha_attn = Scaler(hp.n_embd, hp.alpha_init, scale)  # sec 2.6 step 5: alpha init 0.05, scale 1/sqrt(d)
-        self.alpha_mlp = Scaler(hp.n_embd, hp.alpha_init, scale)
-
-    def forward(self, h):
-        h = residual_update(h, self.attn(h), self.alpha_attn().abs(), self.eps, self.kernels)  # eq. 10
-        return residual_update(h, self.mlp(h), self.alpha_mlp().abs(), self.eps, self.kernels)  # eq. 11
-
-
-class GPT(nn.Module):
-    def __init__(self, hp):
-        super().__init__()
-        self.hp = hp
-        self.width_mult = hp.n_embd / hp.mup_base_width if hp.mup_base_width else 1.0
-        self.embed = nn.Embedding(hp.vocab_size, hp.n_embd)
-        self.blocks = nn.ModuleList([Block(hp) for _ in range(hp.n_layer)])
-        self.lm_head = nn.Linear(hp.n_embd, hp.vocab_size, bias=False)
-        self.s_z = Scaler(hp.vocab_size, 1.0, 1 / math.sqrt(hp.n_embd))  # eq. 3: logits scaled by s_z
-        for p in self.parameters():
-            if p.ndim == 2:  # any init: the projection below puts every vector on the sphere (sec 2.6 step 1)
-                nn.init.normal_(p, std=1 / math.sqrt(hp.n_embd))
-        normalize_weights_(self.normalized_matrices(), hp.norm_eps, "torch")  # built on the CPU, so plain torch
-
-    def forward(self, idx, targets):
-        h = self.embed(idx)  # embeddings are unit rows, so h starts on the sphere
-        for block in self.blocks:
-            h = block(h)
-        logits = self.lm_head(h) * self.s_z().to(h.dtype)  # eq. 3: z = E_output h * s_z; no final norm
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-
-    def param_groups(self):
-        """AdamW groups: weight decay (none by default) on matrices only; muP divides hidden matrices' lr by the
-        width ratio. Init scale and logit size need no muP rule here: weights are unit vectors and logits are
-        cosines times s_z at any width."""
-        hidden = {id(p) for block in self.blocks for p in block.parameters() if p.ndim == 2}
-        groups = {"hidden": [], "matrix": [], "vector": []}
-        for p in self.parameters():
-            groups["hidden" if id(p) in hidden else "matrix" if p.ndim == 2 else "vector"].append(p)
-        lr, wd = self.hp.learning_rate, self.hp.weight_decay
-        return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd),
-                dict(params=groups["matrix"], lr=lr, weight_decay=wd),
-                dict(params=groups["vector"], lr=lr, weight_decay=0.0)]
-
-    def normalized_matrices(self):
-        """(matrix, dim) pairs: dim 1 normalizes rows (input side), dim 0 columns (output projections)."""
-        pairs = [(self.embed.weight, 1), (self.lm_head.weight, 1)]
-        for block in self.blocks:
-            pairs += [(block.attn.qkv.weight, 1), (block.attn.proj.weight, 0),
-                      (block.mlp.fc.weight, 1), (block.mlp.proj.weight, 0)]
-        return pairs
-
-    def post_step(self):
-        normalize_weights_(self.normalized_matrices(), self.hp.norm_eps, self.hp.kernels)  # sec 2.6 step 7
-
-    def config(self):
-        return dict(model="ngpt", n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_embd=self.hp.n_embd,
-                    vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_ratio * self.hp.n_embd,
-                    width_mult=self.width_mult, params=sum(p.numel() for p in self.parameters()))
+    return norm_scale_torch(x, scale, eps)
 
 # ============================================================================ data loader
 MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
-DATA_HINT = "build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 8` (FineWeb)"
+DATA_HINT = ("build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 25` "
+             "(FineWeb: the 25 chunks the default run reads)")
 
 
 def read_shard(path):
@@ -614,20 +649,28 @@ def shard_paths(pattern, flag):
 
 class DataLoader:
     """Training batches. Shards in sorted order; step i on rank r reads the r-th slice of the i-th window, so
-    ranks never overlap and the order depends on nothing but the files. Position is (shard, offset)."""
+    ranks never overlap and the order depends on nothing but the files. Position is (epoch, shard, offset):
+    after the last shard the loader wraps to the first and the epoch count goes up (the data repeats)."""
 
     def __init__(self, pattern, batch, seq_len, rank, world, vocab_size):
-        self.paths, self.span, self.rank, self.world = shard_paths(pattern, "input_bin"), batch * seq_len, rank, world
-        self.batch, self.seq_len, self.vocab_size = batch, seq_len, vocab_size
+        self.paths = shard_paths(pattern, "input_bin")
+        self.span = batch * seq_len
+        self.batch = batch
+        self.seq_len = seq_len
+        self.rank = rank
+        self.world = world
+        self.vocab_size = vocab_size
         for path in self.paths:  # fail at start-up, not hours in
             checked_shard(path, vocab_size, self.span * world + 1)
-        self.load_state(dict(shard=0, offset=0))
+        self.load_state(dict(epoch=0, shard=0, offset=0))
 
     def state(self):
-        return dict(shard=self.shard, offset=self.offset)
+        return dict(epoch=self.epoch, shard=self.shard, offset=self.offset)
 
     def load_state(self, state):
-        self.shard, self.offset = state["shard"], state["offset"]
+        self.epoch = state.get("epoch", 0)  # checkpoints from before epochs were counted start at 0
+        self.shard = state["shard"]
+        self.offset = state["offset"]
         self.tokens = checked_shard(self.paths[self.shard], self.vocab_size, self.span * self.world + 1)
 
     def next_batch(self, device):
@@ -635,8 +678,10 @@ class DataLoader:
         buf = torch.from_numpy(self.tokens[start:start + self.span + 1].astype(np.int64))
         self.offset += self.span * self.world
         if self.offset + self.span * self.world + 1 > len(self.tokens):  # next window does not fit: next shard
-            self.load_state(dict(shard=(self.shard + 1) % len(self.paths), offset=0))
-        x, y = buf[:-1].view(self.batch, self.seq_len), buf[1:].view(self.batch, self.seq_len)
+            shard = (self.shard + 1) % len(self.paths)
+            self.load_state(dict(epoch=self.epoch + (shard == 0), shard=shard, offset=0))
+        x = buf[:-1].view(self.batch, self.seq_len)
+        y = buf[1:].view(self.batch, self.seq_len)
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
@@ -703,10 +748,10 @@ def environment_report(device):
 
 
 def save_checkpoint(path, model, optimizer, step, loader_state, hp):
+    rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, loader=loader_state,
-                 hyperparameters=dataclasses.asdict(hp), rng=dict(
-                     torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                     numpy=np.random.get_state(), python=random.getstate()))
+                 hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
@@ -718,25 +763,30 @@ def main(argv=None):
     device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
-    rank, world, local_rank = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                               int(os.environ["LOCAL_RANK"])) if ddp else (0, 1, 0)
+    rank, world, local_rank = 0, 1, 0
+    if ddp:
+        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if ddp:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    master, on_cuda = rank == 0, device.startswith("cuda")
-    hp.kernels = hp.kernels or ("triton" if on_cuda and triton is not None else "torch")
+    master = rank == 0
+    on_cuda = device.startswith("cuda")
+    if not hp.kernels:
+        hp.kernels = "triton" if on_cuda and triton is not None else "torch"
     use_compile = hp.compile == "1" or (hp.compile == "" and on_cuda)
+    if hp.batch_size % (hp.device_batch_size * world):
+        sys.exit(f"error: batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
+                 f"{hp.device_batch_size} * {world}; change --batch_size or --device_batch_size")
     micro_batches = hp.batch_size // (hp.device_batch_size * world)
-    assert hp.batch_size % (hp.device_batch_size * world) == 0, (
-        f"batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
-        f"{hp.device_batch_size} * {world}; change --batch_size or --device_batch_size")
 
     script = os.path.basename(__file__)
-    hp.run_id = hp.run_id or f"{os.path.splitext(script)[0]}_s{hp.seed}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    if not hp.run_id:
+        hp.run_id = f"{os.path.splitext(script)[0]}_s{hp.seed}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
     os.makedirs(hp.log_dir, exist_ok=True)
-    log_path, ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt"), os.path.join(hp.log_dir, f"{hp.run_id}.pt")
+    log_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
+    ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")
     log_file = open(log_path, "w") if master else None
 
     def print0(s, console=True):
@@ -784,15 +834,21 @@ def main(argv=None):
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if on_cuda else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else torch.autocast(
-        "cpu", dtype=torch.bfloat16) if hp.param_dtype == "bfloat16" else nullcontext())
+    autocast = nullcontext()  # fp32 on CPU, unless the matrices are stored in bf16
+    if on_cuda:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    elif hp.param_dtype == "bfloat16":
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
 
     cfg = raw_model.config()
     print0(f"script:{script}")
+    print0(f"parameters:{cfg['params']} non_embedding_parameters:{cfg['non_embedding_params']} "
+           f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
     print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
     print0(f"model_config:{json.dumps(cfg)}")
-    print0(f"device:{device} processes:{world} micro_batches:{micro_batches} compile:{use_compile} kernels:{hp.kernels}"
-           + (f" resumed_from:{hp.resume} at_step:{start_step}" if hp.resume else ""))
+    resumed = f" resumed_from:{hp.resume} at_step:{start_step}" if hp.resume else ""
+    print0(f"device:{device} processes:{world} micro_batches:{micro_batches} compile:{use_compile} "
+           f"kernels:{hp.kernels}{resumed}")
     tokens_per_step = hp.batch_size * hp.sequence_length
     flops_per_token = 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 12 * hp.n_layer * hp.n_embd * hp.sequence_length
     peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if on_cuda and k in torch.cuda.get_device_name()), None)
@@ -800,8 +856,9 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
 
     if use_compile:  # compile before the clock starts: a few real steps, then back to the state they began from
-        t0, start_state = time.perf_counter(), copy.deepcopy(dict(
-            model=raw_model.state_dict(), optimizer=optimizer.state_dict(), loader=train_loader.state()))
+        t0 = time.perf_counter()
+        start_state = copy.deepcopy(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                                         loader=train_loader.state()))
         for _ in range(3):
             x, y = train_loader.next_batch(device)
             with autocast:
@@ -832,7 +889,9 @@ def main(argv=None):
             save_checkpoint(ckpt_path, raw_model, optimizer, step, loader_state, hp)
             print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")
 
-    train_time_ms, timed_steps = 0.0, 0
+    train_time_ms = 0.0
+    timed_steps = 0
+    epoch = train_loader.epoch
     for step in range(start_step, hp.num_iterations + 1):
         last_step = step == hp.num_iterations
         step_avg = train_time_ms / max(1, timed_steps)
@@ -867,8 +926,8 @@ def main(argv=None):
             dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
         if not math.isfinite(train_loss.item()):  # weights are still those of the last good step
             checkpoint(step, loader_state, "non-finite loss")
-            print0(f"error: train_loss is {train_loss.item()} at step {step + 1}; last good state saved to {ckpt_path}. "
-                   f"Lower --learning_rate or --grad_clip and continue with --resume")
+            print0(f"error: train_loss is {train_loss.item()} at step {step + 1}; last good state saved to "
+                   f"{ckpt_path}. Lower --learning_rate or --grad_clip and continue with --resume")
             sys.exit(1)
         if hp.grad_clip:
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), hp.grad_clip)
@@ -882,13 +941,19 @@ def main(argv=None):
         step_avg = train_time_ms / timed_steps
         tokens_per_s = tokens_per_step / (step_avg / 1000)
         mfu = f" mfu:{100 * flops_per_token * tokens_per_s / (peak_flops * world):.1f}%" if peak_flops else ""
-        print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} train_time:{train_time_ms:.0f}ms "
-               f"step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
+        print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} "
+               f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
+        if train_loader.epoch > epoch:  # the loader wrapped to its first shard: from here on the data repeats
+            epoch = train_loader.epoch
+            print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of {hp.input_bin}; "
+                   f"training data repeats from here)")
 
     if hp.save_every:
         checkpoint(hp.num_iterations, train_loader.state(), "end")
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print0(f"peak_memory:{peak:.0f}MiB ({'cuda allocated' if on_cuda else 'process max rss'})")
+    if on_cuda:
+        print0(f"peak_memory:{torch.cuda.max_memory_allocated() / 2**20:.0f}MiB (cuda allocated)")
+    else:
+        print0(f"peak_memory:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MiB (process max rss)")
     if ddp:
         dist.barrier()  # no rank tears down the process group while another still uses it
         dist.destroy_process_group()

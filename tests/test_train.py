@@ -309,7 +309,7 @@ def test_scripts_identical_outside_the_model():
     banners_a, a = sections(os.path.join(ROOT, "train_gpt2.py"))
     banners_b, b = sections(os.path.join(ROOT, "train_ngpt2.py"))
     assert banners_a == banners_b and [s.split()[-1] for s in banners_a] == [
-        "hyperparameters", "kernels", "model", "loader", "schedule", "loop"]
+        "hyperparameters", "model", "kernels", "loader", "schedule", "loop"]
     for name in a:
         if name != "model":
             assert a[name] == b[name], f"section {name!r} differs between the two scripts"
