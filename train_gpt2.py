@@ -54,6 +54,7 @@ class Hyperparameters:
     num_iterations: int = 4768  # optimizer steps
     val_loss_every: int = 125  # steps between validation passes (0: only at the start and the end)
     save_every: int = 1000  # steps between checkpoints (0: none, except on a signal or a non-finite loss)
+    keep_checkpoints: int = 0  # 1: keep every checkpoint as <run_id>_step<N>.pt (evals, averaging); 0: one <run_id>.pt
     seed: int = 0  # seed of the initialization
     device: str = ""  # "cuda", "cpu" or "" (cuda when present)
     compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
@@ -611,7 +612,7 @@ def main(argv=None):
         hp.run_id = f"{os.path.splitext(script)[0]}_s{hp.seed}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
     os.makedirs(hp.log_dir, exist_ok=True)
     log_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
-    ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")
+    ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")  # the latest; with keep_checkpoints, the step's own file
     log_file = open(log_path, "w") if master else None
 
     def print0(s, console=True):
@@ -710,6 +711,9 @@ def main(argv=None):
         return loss.item()
 
     def checkpoint(step, loader_state, why):
+        nonlocal ckpt_path
+        if hp.keep_checkpoints:
+            ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.pt")
         if master:
             save_checkpoint(ckpt_path, raw_model, optimizer, step, loader_state, hp)
             print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")

@@ -54,6 +54,7 @@ class Hyperparameters:
     num_iterations: int = 4768  # optimizer steps
     val_loss_every: int = 125  # steps between validation passes (0: only at the start and the end)
     save_every: int = 1000  # steps between checkpoints (0: none, except on a signal or a non-finite loss)
+    keep_checkpoints: int = 0  # 1: keep every checkpoint as <run_id>_step<N>.pt (evals, averaging); 0: one <run_id>.pt
     seed: int = 0  # seed of the initialization
     device: str = ""  # "cuda", "cpu" or "" (cuda when present)
     compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
@@ -81,7 +82,6 @@ class Hyperparameters:
     warmup_iters: int = 0  # steps of linear learning-rate warmup (nGPT: none, sec 2.6 step 6)
     alpha_init: float = 0.05  # eigen learning rates alpha_A, alpha_M at init (eq. 10-11, sec 2.6 step 5)
     sqk_per_head: int = 1  # 1: each head has its own s_qk vector (reference code), 0: heads share one
-    suv_scales_u: int = 0  # 1: also multiply u by sqrt(n_embd), as the reference code does (paper: only v)
     norm_eps: float = 1e-12  # added to the squared norm in every normalization (keeps zero vectors finite)
 
 
@@ -204,11 +204,11 @@ class MLP(nn.Module):
         self.s_u = Scaler(hidden, 1.0, 1.0)  # eq. 20-21: s_u and s_v init 1, scale 1
         self.s_v = Scaler(hidden, 1.0, 1.0)
         self.sqrt_d = math.sqrt(hp.n_embd)
-        self.suv_scales_u = hp.suv_scales_u
 
     def forward(self, x):
         u, v = self.fc(x).chunk(2, dim=-1)
-        u = u * self.s_u() * (self.sqrt_d if self.suv_scales_u else 1.0)  # eq. 20: u <- u s_u
+        u = u * self.s_u()  # eq. 20: u <- u s_u (a uniform factor on u, like the reference code's sqrt(d),
+        # would cancel: the block output is normalized before the residual update)
         v = v * (self.s_v() * self.sqrt_d)  # eq. 21: v <- v s_v sqrt(d_model), so SiLU sees O(1) inputs
         return self.proj(u * F.silu(v))
 
@@ -786,7 +786,7 @@ def main(argv=None):
         hp.run_id = f"{os.path.splitext(script)[0]}_s{hp.seed}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
     os.makedirs(hp.log_dir, exist_ok=True)
     log_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
-    ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")
+    ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")  # the latest; with keep_checkpoints, the step's own file
     log_file = open(log_path, "w") if master else None
 
     def print0(s, console=True):
@@ -885,6 +885,9 @@ def main(argv=None):
         return loss.item()
 
     def checkpoint(step, loader_state, why):
+        nonlocal ckpt_path
+        if hp.keep_checkpoints:
+            ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.pt")
         if master:
             save_checkpoint(ckpt_path, raw_model, optimizer, step, loader_state, hp)
             print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")
