@@ -63,7 +63,11 @@ def build_model(ckpt, device):
         for p in model.parameters():
             if p.ndim == 2:
                 p.data = p.data.bfloat16()
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:  # a checkpoint from an older version of the script's model
+        sys.exit(f"error: the checkpoint does not fit {ckpt['script']}'s current model "
+                 f"({str(err).splitlines()[1].strip()}); evaluate it with the version of the repo that wrote it")
     return module, hp, model.to(device).eval()
 
 

@@ -91,7 +91,8 @@ def main(argv=None):
                    "times 1/2, 1, 2, 4, 8)")
     p.add_argument("--val_bin", default="", help="glob of validation shards (default: the checkpoint's input_val_bin)")
     p.add_argument("--val_tokens", type=int, default=0, help="tokens to evaluate (default: the checkpoint's)")
-    p.add_argument("--batch_tokens", type=int, default=32768, help="tokens per forward pass")
+    p.add_argument("--batch_tokens", type=int, default=0, help="tokens per forward pass (default: the checkpoint's "
+                   "device_batch_size * sequence_length, so the training length runs the training script's batches)")
     p.add_argument("--plot", default=os.path.join(ROOT, "img", "extrapolate.png"), help="figure path ('' for none)")
     add_args(p)
     args = p.parse_args(argv)
@@ -99,8 +100,8 @@ def main(argv=None):
         lengths = [int(s) for s in args.lengths.split(",") if s.strip()]
     except ValueError:
         sys.exit(f"error: --lengths expects comma-separated integers, got {args.lengths!r}")
-    if any(n < 1 for n in lengths) or args.val_tokens < 0 or args.batch_tokens < 1:
-        sys.exit("error: --lengths must be positive, --val_tokens >= 0, --batch_tokens >= 1")
+    if any(n < 1 for n in lengths) or args.val_tokens < 0 or args.batch_tokens < 0:
+        sys.exit("error: --lengths must be positive, --val_tokens and --batch_tokens >= 0")
     results = []
     for path in args.checkpoints:
         loaded = Loaded(path, args.device)
@@ -115,7 +116,8 @@ def main(argv=None):
         print(f"{path}: {loaded.ckpt['script']} step:{loaded.step} trained at ctx:{train_len}, {count} val tokens")
         rows = []
         for ctx in ctxs:
-            loss, n_tokens = val_loss(loaded, tokens, ctx, args.batch_tokens)
+            batch_tokens = args.batch_tokens or loaded.hp.device_batch_size * train_len
+            loss, n_tokens = val_loss(loaded, tokens, ctx, batch_tokens)
             bpb = bits_per_byte(loss, n_tokens, text_bytes(tok, tokens[1:n_tokens + 1]))
             print(f"ctx:{ctx} val_loss:{loss:.4f} ppl:{math.exp(loss):.2f} bpb:{bpb:.4f}")
             rows.append((ctx, loss, bpb))
