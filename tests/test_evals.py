@@ -213,12 +213,12 @@ def test_bits_per_byte_equals_a_hand_computation(runs, corpus, tmp_path):
 # ---------------------------------------------------------------------------- sampling
 @pytest.mark.parametrize("name", NAMES)
 def test_sampling_is_deterministic_per_seed(runs, corpus, name, capsys):
-    args = [ckpt(runs, name), "--prompt", "The ", "--max_new_tokens=20", "--temperature=1.0", "--tokenizer", corpus[1]]
+    args = [ckpt(runs, name), "--prompt", "The ", "--max_new_tokens=12", "--temperature=1.0", "--tokenizer", corpus[1]]
     first = sample.main(args + ["--seed=3", "--num_samples=2"])
     again = sample.main(args + ["--seed=3"])
     other = sample.main(args + ["--seed=4"])
     assert first[0] == again[0] and first[1] == other[0] and first[0].startswith("The ")
-    assert first[0] != first[1]  # 20 tokens at temperature 1 of a barely trained model: seeds differ
+    assert first[0] != first[1]  # 12 tokens at temperature 1 of a barely trained model: seeds differ
     assert "sample seed:3" in capsys.readouterr().out
 
 
