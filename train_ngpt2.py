@@ -207,9 +207,11 @@ class MLP(nn.Module):
 
     def forward(self, x):
         u, v = self.fc(x).chunk(2, dim=-1)
-        u = u * self.s_u()  # eq. 20: u <- u s_u (a uniform factor on u, like the reference code's sqrt(d),
-        # would cancel: the block output is normalized before the residual update)
-        v = v * (self.s_v() * self.sqrt_d)  # eq. 21: v <- v s_v sqrt(d_model), so SiLU sees O(1) inputs
+        # scalers cast to the activations' dtype: an fp32 scaler would promote bf16 activations (and what
+        # autograd saves of them) to fp32 under autocast
+        u = u * self.s_u().to(u.dtype)  # eq. 20: u <- u s_u (a uniform factor on u, like the reference code's
+        # sqrt(d), would cancel: the block output is normalized before the residual update)
+        v = v * (self.s_v() * self.sqrt_d).to(v.dtype)  # eq. 21: v <- v s_v sqrt(d_model): SiLU sees O(1) inputs
         return self.proj(u * F.silu(v))
 
 
@@ -248,7 +250,8 @@ class GPT(nn.Module):
         h = self.embed(idx)  # embeddings are unit rows, so h starts on the sphere
         for block in self.blocks:
             h = block(h)
-        logits = self.lm_head(h) * self.s_z().to(h.dtype)  # eq. 3: z = E_output h * s_z; no final norm
+        logits = self.lm_head(h)
+        logits = logits * self.s_z().to(logits.dtype)  # eq. 3: z = E_output h * s_z; no final norm
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
