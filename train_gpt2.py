@@ -164,6 +164,11 @@ class RMSNorm(nn.Module):
         d = x.shape[-1]  # x / rms(x) = x / ||x|| * sqrt(d), so RMSNorm is normalize-and-scale
         return norm_scale(x, self.gain * math.sqrt(d), d * 1e-6, self.kernels)
 
+    def add(self, x, branch):
+        """(x + branch, RMSNorm(x + branch)): the residual add and this norm in one pass."""
+        d = x.shape[-1]
+        return add_norm(x, branch, self.gain * math.sqrt(d), d * 1e-6, self.kernels)
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, hp):
@@ -202,9 +207,11 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(hp.n_embd, hp.kernels)
         self.mlp = MLP(hp)
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, y, next_norm):
+        """x: the residual stream, y = norm1(x). Returns the new stream and next_norm of it (the next block's
+        norm1 or the final norm): each residual add runs fused with the norm that reads its result."""
+        x, y = self.norm2.add(x, self.attn(y))
+        return next_norm.add(x, self.mlp(y))
 
 
 class GPT(nn.Module):
@@ -229,9 +236,11 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None):
         """Mean cross-entropy over targets; without targets, the logits (batch, time, vocab)."""
         x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.final_norm(x)) / self.width_mult  # muP output multiplier
+        y = self.blocks[0].norm1(x)
+        next_norms = [block.norm1 for block in self.blocks[1:]] + [self.final_norm]
+        for block, next_norm in zip(self.blocks, next_norms):
+            x, y = block(x, y, next_norm)
+        logits = self.lm_head(y) / self.width_mult  # y = final_norm(x); muP output multiplier
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
@@ -257,6 +266,129 @@ class GPT(nn.Module):
         return dict(model="gpt", n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_embd=self.hp.n_embd,
                     vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_hidden, width_mult=self.width_mult,
                     params=params, non_embedding_params=params - embedding)
+
+
+# GPT kernel: fused residual add + RMSNorm, res = x + b and y = res * rsqrt(sum(res^2) + eps) * scale in one
+# pass (nGPT's residual update is one kernel too). Uses _check_triton, _tile_config and _bwd_grid from the
+# kernels section below.
+
+if triton is not None:
+
+    @triton.jit
+    def _add_norm_fwd_kernel(X, B, S, RES, Y, RSTD, n_rows, D, eps, stride_xr, stride_xc, stride_br, stride_bc,
+                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        rmask = r < n_rows
+        mask = rmask[:, None] & (cols < D)[None, :]
+        r64 = r.to(tl.int64)[:, None]
+        x = tl.load(X + r64 * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(B + r64 * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
+        res = (x + b).to(RES.dtype.element_ty)
+        tl.store(RES + r64 * D + cols[None, :], res, mask=mask)
+        v = res.to(tl.float32)  # the norm reads the stored residual, as the unfused add-then-norm does
+        rstd = tl.rsqrt(tl.sum(v * v, axis=1) + eps)
+        s = tl.load(S + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + r64 * D + cols[None, :], (v * rstd[:, None] * s).to(Y.dtype.element_ty), mask=mask)
+        tl.store(RSTD + r, rstd, mask=rmask)
+
+    @triton.jit
+    def _add_norm_bwd_kernel(DRES, DY, RES, S, RSTD, DX, DB, DS_PART, n_rows, D, rows_per_prog,
+                             stride_dr, stride_dc, stride_dyr, stride_dyc, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        # dx = db = dres + d(norm)/d(res)^T dy; dscale partial per program, as in _norm_scale_bwd_kernel
+        p = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        cmask = cols < D
+        s = tl.load(S + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(p * rows_per_prog, (p + 1) * rows_per_prog, ROWS):
+            r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
+            rmask = r < n_rows
+            mask = rmask[:, None] & cmask[None, :]
+            dres = tl.load(DRES + r[:, None] * stride_dr + cols[None, :] * stride_dc, mask=mask, other=0.0)
+            dy = tl.load(DY + r[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
+            dy = dy.to(tl.float32)
+            res = tl.load(RES + r[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + r, mask=rmask, other=0.0)[:, None]
+            xhat = res * rstd
+            gs = dy * s
+            d = dres.to(tl.float32) + rstd * (gs - xhat * tl.sum(gs * xhat, axis=1)[:, None])
+            tl.store(DX + r[:, None] * D + cols[None, :], d.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DB + r[:, None] * D + cols[None, :], d.to(DB.dtype.element_ty), mask=mask)
+            acc += tl.sum(dy * xhat, axis=0)
+        tl.store(DS_PART + p * D + cols, acc, mask=cmask)
+
+
+@torch.library.custom_op(f"{OPS_NAMESPACE}::add_norm_fwd", mutates_args=())
+def _add_norm_fwd_op(x: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_triton(x)
+    D = x.shape[-1]
+    x2, b2 = x.reshape(-1, D), b.reshape(-1, D)  # views when possible, any strides
+    n_rows = x2.shape[0]
+    res = torch.empty((n_rows, D), device=x.device, dtype=torch.promote_types(x.dtype, b.dtype))  # as x + b
+    y = torch.empty_like(res)
+    rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
+    block, rows, num_warps = _tile_config(D)
+    _add_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+        x2, b2, scale.contiguous(), res, y, rstd, n_rows, D, eps, x2.stride(0), x2.stride(1), b2.stride(0),
+        b2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
+    return res.view(x.shape), y.view(x.shape), rstd
+
+
+@_add_norm_fwd_op.register_fake
+def _(x, b, scale, eps):
+    res = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, b.dtype))
+    return res, torch.empty_like(res), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{OPS_NAMESPACE}::add_norm_bwd", mutates_args=())
+def _add_norm_bwd_op(dres: torch.Tensor, dy: torch.Tensor, res: torch.Tensor, scale: torch.Tensor, rstd: torch.Tensor,
+                     x_dtype: torch.dtype, b_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_triton(res)
+    D = res.shape[-1]
+    dr2, dy2 = dres.reshape(-1, D), dy.reshape(-1, D)
+    n_rows = dr2.shape[0]
+    block, rows, num_warps = _tile_config(D)
+    n_prog, rows_per_prog = _bwd_grid(n_rows, 1, rows, res.device)
+    dx = torch.empty((n_rows, D), device=res.device, dtype=x_dtype)
+    db = torch.empty((n_rows, D), device=res.device, dtype=b_dtype)
+    ds_part = torch.empty((n_prog, D), device=res.device, dtype=torch.float32)
+    _add_norm_bwd_kernel[(n_prog,)](
+        dr2, dy2, res, scale.contiguous(), rstd, dx, db, ds_part, n_rows, D, rows_per_prog,
+        dr2.stride(0), dr2.stride(1), dy2.stride(0), dy2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
+    return dx.view(res.shape), db.view(res.shape), ds_part.sum(0).to(scale.dtype)
+
+
+@_add_norm_bwd_op.register_fake
+def _(dres, dy, res, scale, rstd, x_dtype, b_dtype):
+    return res.new_empty(res.shape, dtype=x_dtype), res.new_empty(res.shape, dtype=b_dtype), torch.empty_like(scale)
+
+
+def _add_norm_setup(ctx, inputs, output):
+    x, b, scale, _ = inputs
+    ctx.dtypes = x.dtype, b.dtype
+    ctx.save_for_backward(output[0], scale, output[2])  # the residual and rstd: x and b are not needed
+
+
+def _add_norm_backward(ctx, dres, dy, _drstd):
+    res, scale, rstd = ctx.saved_tensors
+    dx, db, dscale = _add_norm_bwd_op(dres, dy, res, scale, rstd, *ctx.dtypes)
+    return dx, db, dscale, None
+
+
+_add_norm_fwd_op.register_autograd(_add_norm_backward, setup_context=_add_norm_setup)
+
+
+def add_norm(x, b, scale, eps, kernels):
+    """(res, y): res = x + b and y = res * rsqrt(sum(res^2, -1) + eps) * scale, scale of shape (D,)."""
+    if x.shape != b.shape or scale.shape != (x.shape[-1],):
+        raise ValueError(f"add_norm: x and b must have the same shape (..., D) and scale shape (D,); "
+                         f"got x {tuple(x.shape)}, b {tuple(b.shape)}, scale {tuple(scale.shape)}")
+    if kernels == "triton":
+        return _add_norm_fwd_op(x, b, scale, eps)[:2]
+    res = x + b
+    return res, norm_scale_torch(res, scale, eps)
 
 # ============================================================================ kernels
 # norm_scale(x, scale, eps, kernels) = x * rsqrt(sum(x^2, -1) + eps) * scale

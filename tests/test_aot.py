@@ -49,6 +49,8 @@ def record_launches():
             h, b, alpha = torch.randn(ROWS, D, dtype=h_dtype), torch.randn(ROWS, D, dtype=b_dtype), torch.rand(D)
             _, rstd_b, rstd_u = train_ngpt2._residual_fwd_op(h, b, alpha, eps)
             train_ngpt2._residual_bwd_op(torch.randn_like(h), h, b, alpha, rstd_b, rstd_u)
+            res, y, rstd = train_gpt2._add_norm_fwd_op(h, b, alpha, eps)
+            train_gpt2._add_norm_bwd_op(torch.randn_like(res), torch.randn_like(y), res, alpha, rstd, h_dtype, b_dtype)
     kernels = {name: obj for mod in (train_gpt2, train_ngpt2) for name, obj in vars(mod).items()
                if isinstance(obj, triton.runtime.jit.JITFunction)}
     return calls, kernels

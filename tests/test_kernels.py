@@ -1,4 +1,4 @@
-"""Triton kernels (norm_scale, residual_update, normalize_weights_) vs their plain-torch references.
+"""Triton kernels (norm_scale, add_norm, residual_update, normalize_weights_) vs their plain-torch references.
 
 With a GPU the kernels run on CUDA; without one, on CPU tensors through Triton's interpreter (slow: shapes
 stay tiny). Run: python -m pytest tests/test_kernels.py
@@ -171,6 +171,50 @@ def test_residual_update_mixed_dtypes():
         torch.testing.assert_close(g, g_ref, **TOL[t.dtype])
 
 
+def check_add_norm(x, b, scale):
+    x, b, scale = (t.detach().requires_grad_() for t in (x, b, scale))
+    res, y = train_gpt2.add_norm(x, b, scale, EPS, "triton")
+    res_ref, y_ref = train_gpt2.add_norm(x, b, scale, EPS, "torch")
+    tol = TOL[torch.bfloat16 if torch.bfloat16 in (x.dtype, b.dtype) else torch.float32]
+    assert res.dtype == y.dtype == res_ref.dtype and res.shape == x.shape
+    exact = dict(atol=0, rtol=0) if res.dtype == torch.float32 else tol  # an fp32 add of fp32 or bf16 is exact
+    torch.testing.assert_close(res, res_ref, **exact)
+    torch.testing.assert_close(y, y_ref, **tol)
+    dres, dy = torch.randn_like(res), torch.randn_like(y)
+    got = torch.autograd.grad([res, y], [x, b, scale], [dres, dy])
+    ref = torch.autograd.grad([res_ref, y_ref], [x, b, scale], [dres, dy])
+    for g, g_ref, t in zip(got, ref, [x, b, scale]):
+        assert g.dtype == t.dtype and torch.isfinite(g).all()
+        torch.testing.assert_close(g, g_ref, **tol)
+
+
+@pytest.mark.parametrize("D, rows", [(100, 37), (768, 5), (1000, 3)])
+def test_add_norm_fp32(D, rows):
+    torch.manual_seed(D)
+    check_add_norm(torch.randn(rows, D), torch.randn(rows, D), torch.randn(D))
+
+
+def test_add_norm_bf16_mixed_and_strides():
+    torch.manual_seed(0)
+    x, b, scale = torch.randn(2, 5, 100), torch.randn(2, 100, 5).transpose(1, 2), torch.randn(100)  # b strided
+    check_add_norm(x.bfloat16(), b.bfloat16(), scale)  # bf16 parameters: a bf16 residual stream
+    check_add_norm(x, b.bfloat16(), scale)  # CUDA autocast: fp32 residual, bf16 branch output
+    check_add_norm(torch.randn(7, 130)[:, 5:105], torch.randn(7, 100), scale)  # x rows strided
+    b = -x.clone()
+    b[0, 0] += 1.0
+    check_add_norm(x, b, scale)  # zero residual rows stay finite thanks to eps
+
+
+def test_add_norm_only_one_output_used():
+    # the last block's residual is not used: its gradient arrives as zeros, not an error
+    torch.manual_seed(0)
+    x, b, scale = (t.requires_grad_() for t in (torch.randn(6, 32), torch.randn(6, 32), torch.randn(32)))
+    got = torch.autograd.grad(train_gpt2.add_norm(x, b, scale, EPS, "triton")[1].sum(), [x, b, scale])
+    ref = torch.autograd.grad(train_gpt2.add_norm(x, b, scale, EPS, "torch")[1].sum(), [x, b, scale])
+    for g, g_ref in zip(got, ref):
+        torch.testing.assert_close(g, g_ref, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_normalize_weights(dtype):
     torch.manual_seed(0)
@@ -196,7 +240,9 @@ def test_normalize_weights_parameter_in_place():
 def test_compile_fullgraph_no_graph_break():
     def f(x, scale, h, alpha):
         q = train_ngpt2.norm_scale(x, scale, EPS, "triton")
-        return train_ngpt2.residual_update(h, q.flatten(-2), alpha, EPS, "triton").square().sum()
+        out = train_ngpt2.residual_update(h, q.flatten(-2), alpha, EPS, "triton")
+        res, y = train_gpt2.add_norm(h, out, alpha, EPS, "triton")
+        return (res * y).sum()
 
     torch._dynamo.reset()
     args = [torch.randn(3, 2, 16, requires_grad=True), torch.randn(2, 16, requires_grad=True),
