@@ -60,6 +60,7 @@ class Hyperparameters:
     compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
     kernels: str = ""  # "triton", "torch" or "" (triton on cuda, torch on cpu)
     param_dtype: str = "float32"  # storage of matrix weights: float32 or bfloat16 (the nGPT paper's setting)
+    peak_tflops: float = 0.0  # one GPU's dense bf16 peak for MFU (0: looked up by the exact device name)
     resume: str = ""  # checkpoint to continue from
     log_dir: str = "logs"  # where logs/<run_id>.txt and checkpoints go
     run_id: str = ""  # name of the log and checkpoint ("" picks script, seed and time)
@@ -113,6 +114,8 @@ def parse_args(argv):
     if hp.warmup_iters > hp.num_iterations or (hp.schedule == "wsd" and hp.warmdown_iters > hp.num_iterations):
         sys.exit(f"error: warmup_iters={hp.warmup_iters} and warmdown_iters={hp.warmdown_iters} must each fit in "
                  f"num_iterations={hp.num_iterations}; lower them with --warmup_iters=... --warmdown_iters=...")
+    if hp.peak_tflops < 0:
+        sys.exit(f"error: --peak_tflops={hp.peak_tflops} must be >= 0 (0: look the peak up by device name)")
     if hp.n_embd % hp.n_head or (hp.n_embd // hp.n_head) % 2:
         sys.exit(f"error: n_embd={hp.n_embd} must split into n_head={hp.n_head} heads of even size (RoPE)")
     if not hp.mlp_hidden:
@@ -682,7 +685,10 @@ def lr_multiplier(step, hp):
     return 1.0 - (1.0 - hp.final_lr_frac) * shape
 
 # ============================================================================ training loop
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+# dense bf16 tensor-core peak TFLOPS of one GPU (NVIDIA datasheets) by device name, first match wins; H100
+# SXM reports itself as "H100 80GB HBM3". Other names log no MFU unless --peak_tflops is given.
+PEAK_BF16_TFLOPS = [("H100 80GB HBM3", 989), ("H100 SXM", 989), ("H100 NVL", 835), ("H100 PCIe", 756),
+                    ("H200 NVL", 835), ("H200", 989), ("B200", 2250), ("A100", 312), ("L40S", 362), ("RTX 4090", 165)]
 stop_signal = 0
 
 
@@ -703,6 +709,20 @@ def environment_report(device):
     else:
         lines.append(f"cpu:{platform.processor() or platform.machine()} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
+
+
+def peak_flops(hp, device_name):
+    """One GPU's dense bf16 peak in FLOP/s: --peak_tflops, else by device name; None when unknown."""
+    if hp.peak_tflops:
+        return hp.peak_tflops * 1e12
+    return next((tflops * 1e12 for name, tflops in PEAK_BF16_TFLOPS if name in device_name), None)
+
+
+def flops_per_token(cfg, hp):
+    """Training FLOPs per token: 6 per matmul weight (2 forward, 4 backward; the embedding lookup has none) plus
+    causal attention: q.k and att.v cost 2 * n_embd * T each per layer forward over all T keys, half of that
+    under the causal mask, and backward doubles it again (6 * n_embd * T per layer in all)."""
+    return 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 6 * hp.n_layer * hp.n_embd * hp.sequence_length
 
 
 def save_checkpoint(path, model, optimizer, step, loader_state, hp):
@@ -788,10 +808,13 @@ def main(argv=None):
         random.setstate(ckpt["rng"]["python"])
         if on_cuda and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([state.cpu() for state in ckpt["rng"]["cuda"]])
+    # compile the inner module, then wrap it in DDP (PyTorch's "Where to apply torch.compile?"): dynamo compiles
+    # it inside DDP's forward, sees the DDP module and splits the graph at DDP's gradient buckets (DDPOptimizer,
+    # default bucket_cap_mb=25), so each bucket's all-reduce overlaps the rest of the backward pass
     if use_compile:
         model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if on_cuda else None)
+    if ddp:  # no buffer broadcast: the only buffer, RoPE's inv_freq, is a constant, not state
+        model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
     autocast = nullcontext()  # fp32 on CPU, unless the matrices are stored in bf16
     if on_cuda:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16)
@@ -808,8 +831,12 @@ def main(argv=None):
     print0(f"device:{device} processes:{world} micro_batches:{micro_batches} compile:{use_compile} "
            f"kernels:{hp.kernels}{resumed}")
     tokens_per_step = hp.batch_size * hp.sequence_length
-    flops_per_token = 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 12 * hp.n_layer * hp.n_embd * hp.sequence_length
-    peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if on_cuda and k in torch.cuda.get_device_name()), None)
+    model_flops = flops_per_token(cfg, hp)
+    peak = peak_flops(hp, torch.cuda.get_device_name() if on_cuda else "cpu")
+    if peak:
+        print0(f"mfu_peak:{peak / 1e12:.0f}TFLOPS per device")
+    elif on_cuda:
+        print0(f"mfu_peak:unknown for {torch.cuda.get_device_name()} (no mfu in the log; set --peak_tflops)")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
@@ -828,6 +855,7 @@ def main(argv=None):
         raw_model.load_state_dict(start_state["model"])
         optimizer.load_state_dict(start_state["optimizer"])
         train_loader.load_state(start_state["loader"])
+        del start_state  # a full copy of the model and optimizer state: not kept for the whole run
         print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
 
     def evaluate():
@@ -901,7 +929,7 @@ def main(argv=None):
         timed_steps += 1
         step_avg = train_time_ms / timed_steps
         tokens_per_s = tokens_per_step / (step_avg / 1000)
-        mfu = f" mfu:{100 * flops_per_token * tokens_per_s / (peak_flops * world):.1f}%" if peak_flops else ""
+        mfu = f" mfu:{100 * model_flops * tokens_per_s / (peak * world):.1f}%" if peak else ""
         print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} "
                f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
         if train_loader.epoch > epoch:  # the loader wrapped to its first shard: from here on the data repeats
