@@ -1,24 +1,35 @@
-"""Benchmarks of the hand-written Triton kernels against plain torch and torch.compile, the nGPT post-step
-weight renormalization, and a step-time A/B of train_gpt2.py vs train_ngpt2.py.
+"""Kernel bandwidth and step-time A/B of train_gpt2.py vs train_ngpt2.py on this device; one-command GPU validation.
 
-python bench.py                  # CUDA: the 124M and 1B shapes; CPU: tiny shapes
-python bench.py --quick          # tiny sizes, few reps (CI: TRITON_INTERPRET=1 python bench.py --quick, CPU)
-python bench.py --out bench.txt  # also write the output to a file
+python bench.py                   # CUDA: kernels at 65,536 tokens, step A/B at the default device batch, 124M and 1B
+python bench.py --validate        # CUDA, < 10 min: CUDA tests, this benchmark at 124M, a short A/B of both scripts;
+                                  # logs and a README of the numbers in records/<date>_gpu_validation_<gpu>/
+TRITON_INTERPRET=1 python bench.py --quick                                  # CPU smoke run (numbers meaningless)
+TRITON_INTERPRET=1 python bench.py --validate --quick --record_dir=/tmp/v   # the validation's CPU smoke run (CI)
 
-Every result is one grep-able line of key:value pairs (kernel:, renorm:, step:, ab:, ratio:). Timings are
-medians; on CPU the Triton rows run only under TRITON_INTERPRET=1 (and then time the interpreter, not a GPU).
+Every result is one grep-able line of key:value pairs (kernel:, speedup:, renorm:, step:, ab:). Kernel times are
+triton.testing.do_bench medians (L2 flushed before every rep) on CUDA, perf_counter medians on CPU. GB/s counts
+the least traffic a fused kernel needs (each input read once, each output written once), for every implementation.
 """
 import argparse
+import datetime
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
+import numpy as np
 import torch
 
 import train_gpt2
 import train_ngpt2
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHAPES = {"124M": dict(n_layer=12, n_head=12, n_embd=768), "1B": dict(n_layer=16, n_head=16, n_embd=2048)}
+DEFAULT_BATCH = {"124M": 64, "1B": 16}  # device batch of 1024-token sequences: train_*.py's default for 124M
+EPS = 1e-6
 LINES = []
 
 
@@ -27,224 +38,335 @@ def emit(line):
     LINES.append(line)
 
 
-def fmt(v, digits=3):
-    return "skipped" if v is None else f"{v:.{digits}f}"
-
-
-def median_ms(fn, reps, warmup, cuda):
-    """Median wall time of fn() in ms: CUDA events on GPU, perf_counter on CPU."""
-    for _ in range(warmup):
-        fn()
+def time_ms(fn, cuda, reps):
+    """Median ms of fn(): do_bench on CUDA (flushes L2 between reps), perf_counter on CPU."""
+    if cuda:
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
     times = []
     for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 
-def copy_bandwidth(device, numel, reps, cuda):
+def copy_bandwidth(device, cuda, numel, reps):
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), reps, 2, cuda)
-    return 2 * src.numel() * src.element_size() / (ms * 1e6)  # GB/s: read + write
+    return 2 * src.numel() * 4 / (time_ms(lambda: dst.copy_(src), cuda, reps) * 1e6)  # GB/s: read + write
 
 
 # ---------------------------------------------------------------------------- kernels
-def kernel_cases(tokens, quick):
-    """(kernel, case, x shape, scale groups) at the shapes the 124M (D=768, 12 heads of 64) and 1B (D=2048,
-    16 heads of 128) configs use, for `tokens` tokens per device step."""
-    cases = [("norm_scale", "124M_rmsnorm", (tokens, 768), 1), ("norm_scale", "124M_qk", (tokens, 12, 64), 12),
-             ("residual_update", "124M", (tokens, 768), 1)]
-    if not quick:
-        cases += [("norm_scale", "1B_rmsnorm", (tokens, 2048), 1), ("norm_scale", "1B_qk", (tokens, 16, 128), 16),
-                  ("residual_update", "1B", (tokens, 2048), 1)]
-    return cases
+def kernel_cases(D, n_head, tokens, stream, device):
+    """(name, triton fn, torch reference, inputs, bytes fwd, bytes fwd+bwd) at training's dtypes: under CUDA autocast
+    the residual stream is `stream` (fp32; bf16 with --param_dtype=bfloat16), branch outputs, q and k are bf16."""
+    bf16 = torch.bfloat16
+    x = torch.randn(tokens, D, device=device, dtype=stream)
+    b = torch.randn(tokens, D, device=device, dtype=bf16)
+    h = torch.nn.functional.normalize(torch.randn(tokens, D, device=device), dim=-1).to(stream)
+    q = torch.randn(tokens, n_head, D // n_head, device=device, dtype=bf16)
+    n, es, eb = tokens * D, x.element_size(), 2
+    return [
+        ("gpt_add_norm", lambda x, b, s: train_gpt2.add_norm(x, b, s, EPS, "triton"),
+         lambda x, b, s: train_gpt2.add_norm(x, b, s, EPS, "torch"), [x, b, torch.randn(D, device=device)],
+         n * (3 * es + eb), n * (3 * es + eb + 4 * es + eb)),  # fwd: x, b -> res, y; bwd: dres, dy, res -> dx, db
+        ("ngpt_qk_norm", lambda q, s: train_ngpt2.norm_scale(q, s, EPS, "triton"),
+         lambda q, s: train_ngpt2.norm_scale_torch(q, s, EPS), [q, torch.randn(n_head, D // n_head, device=device)],
+         n * 2 * eb, n * 5 * eb),  # fwd: q -> y; bwd: dy, q -> dq
+        ("ngpt_residual", lambda h, b, a: train_ngpt2.residual_update(h, b, a, EPS, "triton"),
+         lambda h, b, a: train_ngpt2.residual_update_torch(h, b, a, EPS), [h, b, torch.rand(D, device=device)],
+         n * (2 * es + eb), n * (2 * es + eb + 3 * es + 2 * eb)),  # fwd: h, b -> out; bwd: dout, h, b -> dh, db
+    ]
 
 
-def make_inputs(kernel, shape, groups, dtype, device):
-    D = shape[-1]
-    if kernel == "norm_scale":
-        scale = torch.randn(groups, D, device=device) if groups > 1 else torch.randn(D, device=device)
-        return [torch.randn(shape, device=device, dtype=dtype), scale]
-    h = torch.nn.functional.normalize(torch.randn(shape, device=device), dim=-1).to(dtype)
-    return [h, torch.randn(shape, device=device, dtype=dtype), torch.rand(D, device=device)]
+def run_pass(fn, inputs, mode):
+    if mode == "fwd":
+        def forward():
+            with torch.no_grad():
+                fn(*inputs)
+        return forward
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    grads = [torch.randn_like(o) for o in outs]
+
+    def step():
+        o = fn(*inputs)
+        torch.autograd.grad(o if isinstance(o, tuple) else (o,), inputs, grads)
+    return step
 
 
-def kernel_fn(kernel, kernels):
-    eps = 1e-6
-    if kernel == "norm_scale":
-        if kernels == "torch_ref":
-            return lambda x, s: train_gpt2.norm_scale_torch(x, s, eps)
-        return lambda x, s: train_gpt2.norm_scale(x, s, eps, kernels)
-    if kernels == "torch_ref":
-        return lambda h, b, a: train_ngpt2.residual_update_torch(h, b, a, eps)
-    return lambda h, b, a: train_ngpt2.residual_update(h, b, a, eps, kernels)
+def bench_kernels(args, device, cuda, copy_gbs, run_triton):
+    tokens = 64 if args.quick else 65536
+    for size in args.sizes:
+        D, n_head = SHAPES[size]["n_embd"], SHAPES[size]["n_head"]
+        if args.quick:
+            D, n_head = 64, 2
+        for stream in args.stream_dtypes:
+            cases = kernel_cases(D, n_head, tokens, getattr(torch, stream), device)
+            for name, fn, ref, inputs, bytes_fwd, bytes_all in cases:
+                inputs = [t.requires_grad_() for t in inputs]
+                torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no dynamic shapes
+                impls = {"triton": fn if run_triton else None, "eager": ref,
+                         "compiled": torch.compile(ref, dynamic=False) if cuda or args.compile_cpu else None}
+                for mode, n_bytes in (("fwd", bytes_fwd), ("fwd+bwd", bytes_all)):
+                    ms = {}
+                    for impl, f in impls.items():
+                        if f is None:
+                            continue
+                        ms[impl] = time_ms(run_pass(f, inputs, mode), cuda, args.reps)
+                        gbs = n_bytes / (ms[impl] * 1e6)
+                        emit(f"kernel:{name} size:{size} tokens:{tokens} stream:{stream} pass:{mode} impl:{impl} "
+                             f"ms:{ms[impl]:.4f} GB/s:{gbs:.1f} copy_pct:{100 * gbs / copy_gbs:.1f}")
+                    if "triton" in ms:
+                        vs = " ".join(f"vs_{impl}:{ms[impl] / ms['triton']:.2f}x" for impl in ms if impl != "triton")
+                        emit(f"speedup:{name} size:{size} stream:{stream} pass:{mode} {vs}")
 
 
-def bench_kernels(args, device, cuda, copy_gbs, run_triton, run_compiled, tokens, reps):
-    # minimum traffic in elements of x: norm_scale reads x, writes y (+ bwd reads x, dy, writes dx);
-    # residual_update reads h, b, writes out (+ bwd reads dout, h, b, writes dh, db)
-    traffic = {("norm_scale", "fwd"): 2, ("norm_scale", "fwd+bwd"): 5,
-               ("residual_update", "fwd"): 3, ("residual_update", "fwd+bwd"): 8}
-    for kernel, case, shape, groups in kernel_cases(tokens, args.quick):
-        for dtype in (torch.bfloat16, torch.float32):
-            inputs = [t.requires_grad_() for t in make_inputs(kernel, shape, groups, dtype, device)]
-            ref = kernel_fn(kernel, "torch_ref")
-            torch._dynamo.reset()  # fresh compile cache per case: no recompile limit, no dynamic shapes
-            impls = {"triton": kernel_fn(kernel, "triton") if run_triton else None, "torch": kernel_fn(kernel, "torch"),
-                     "compiled": torch.compile(ref, dynamic=False) if run_compiled else None}
-            dy = torch.randn(shape, device=device, dtype=dtype)
-            n_bytes = inputs[0].numel() * inputs[0].element_size()
-            for mode in ("fwd", "fwd+bwd"):
-                ms = {}
-                for name, fn in impls.items():
-                    if fn is None:
-                        ms[name] = None
-                        continue
-                    if mode == "fwd":
-                        def step(fn=fn):
-                            with torch.no_grad():
-                                fn(*inputs)
-                    else:
-                        def step(fn=fn):
-                            torch.autograd.grad(fn(*inputs), inputs, dy)
-                    ms[name] = median_ms(step, reps, 2, cuda)
-                    gbs = traffic[kernel, mode] * n_bytes / (ms[name] * 1e6)
-                    emit(f"kernel:{kernel} case:{case} shape:{'x'.join(map(str, shape))} groups:{groups} "
-                         f"dtype:{str(dtype)[6:]} pass:{mode} impl:{name} ms:{ms[name]:.4f} GB/s:{gbs:.1f} "
-                         f"copy_pct:{100 * gbs / copy_gbs:.1f}")
-                t, tt, tc = ms["triton"], ms["torch"], ms["compiled"]
-                emit(f"ratio:{kernel} case:{case} dtype:{str(dtype)[6:]} pass:{mode} "
-                     f"triton/torch:{fmt(t / tt if t and tt else None)} triton/compiled:{fmt(t / tc if t and tc else None)}")
+def bench_renorm(args, device, cuda, copy_gbs, run_triton):
+    """nGPT's post-step renormalization of every matrix, timed as the optimizer step calls it."""
+    argv = model_argv(args.sizes[0], args.quick)
+    renorm_ms = {}
+    for dtype in ("float32", "bfloat16"):
+        hp, model = build(train_ngpt2, argv + [f"--param_dtype={dtype}"], device)
+        pairs = [(w.data.to(getattr(torch, dtype)), dim) for w, dim in model.normalized_matrices()]
+        n_bytes = 2 * sum(w.numel() * w.element_size() for w, _ in pairs)
+        impls = {"triton": lambda: train_ngpt2.normalize_weights_(pairs, hp.norm_eps, "triton"),
+                 "eager": lambda: train_ngpt2.normalize_weights_(pairs, hp.norm_eps, "torch")}
+        if cuda or args.compile_cpu:
+            torch._dynamo.reset()
+            impls["compiled"] = torch.compile(impls["eager"])
+        if not run_triton:
+            del impls["triton"]
+        for impl, fn in impls.items():
+            ms = time_ms(fn, cuda, args.reps)
+            renorm_ms[dtype, impl] = ms
+            gbs = n_bytes / (ms * 1e6)
+            emit(f"renorm:ngpt size:{args.sizes[0]} dtype:{dtype} impl:{impl} matrices:{len(pairs)} "
+                 f"MB:{n_bytes / 2e6:.1f} ms:{ms:.4f} GB/s:{gbs:.1f} copy_pct:{100 * gbs / copy_gbs:.1f}")
+    return renorm_ms
 
 
-# ---------------------------------------------------------------------------- post-step renorm
-def model_argv(size, tiny):
-    if tiny:
+# ---------------------------------------------------------------------------- step-time A/B
+def model_argv(size, quick):
+    if quick:
         return ["--n_layer=2", "--n_head=2", "--n_embd=64", "--vocab_size=256", "--mup_base_width=64"]
-    if size == "1B":
-        return ["--n_layer=16", "--n_head=16", "--n_embd=2048"]
-    return ["--n_layer=12", "--n_head=12", "--n_embd=768"]
+    return [f"--{k}={v}" for k, v in SHAPES[size].items()]
 
 
 def build(module, argv, device):
     hp = module.parse_args(argv)
-    with torch.device(device):  # built on the device directly, as a benchmark needs no CPU-built copy
+    with torch.device(device):  # built on the device directly: a benchmark needs no CPU-built copy
         model = module.GPT(hp)
     return hp, model
 
 
-def bench_renorm(args, device, cuda, copy_gbs, run_triton, reps):
-    for dtype in ("float32", "bfloat16"):
-        for kernels in ("triton", "torch"):
-            if kernels == "triton" and not run_triton:
-                emit(f"renorm:ngpt124M dtype:{dtype} impl:triton skipped (no CUDA and TRITON_INTERPRET unset)")
-                continue
-            argv = model_argv("124M", args.tiny) + [f"--kernels={kernels}"]
-            hp, model = build(train_ngpt2, argv, device)
-            pairs = model.normalized_matrices()
-            if dtype == "bfloat16":
-                pairs = [(w.data.bfloat16(), dim) for w, dim in pairs]
-            n_bytes = sum(w.numel() * w.element_size() for w, _ in pairs)
-            ms = median_ms(lambda: train_ngpt2.normalize_weights_(pairs, hp.norm_eps, kernels), reps, 2, cuda)
-            gbs = 2 * n_bytes / (ms * 1e6)
-            emit(f"renorm:ngpt124M{'_tiny' if args.tiny else ''} dtype:{dtype} impl:{kernels} matrices:{len(pairs)} "
-                 f"MB:{n_bytes / 1e6:.1f} ms:{ms:.4f} GB/s:{gbs:.1f} copy_pct:{100 * gbs / copy_gbs:.1f}")
-
-
-# ---------------------------------------------------------------------------- step-time A/B
-def step_time(module, size, kernels, args, device, cuda, compile_model, reps):
-    batch, seq = (2, 32) if args.tiny else ((8, 1024) if size == "1B" else (16, 1024))
-    argv = model_argv(size, args.tiny) + [f"--kernels={kernels}", f"--batch_size={batch}",
+def step_time(module, size, kernels, batch, args, device, cuda):
+    """Median ms of one optimizer step (fwd, bwd, clip, AdamW, post_step) at `batch` x seq, and peak MiB."""
+    seq = 32 if args.quick else 1024
+    argv = model_argv(size, args.quick) + [f"--kernels={kernels}", f"--batch_size={batch}",
                                             f"--device_batch_size={batch}", f"--sequence_length={seq}"]
     hp, model = build(module, argv, device)
-    torch._dynamo.reset()  # each model compiles from scratch: no shape guards carried over from another size
+    torch._dynamo.reset()
     optimizer = torch.optim.AdamW(model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=cuda)
-    run = torch.compile(model) if compile_model else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    run = torch.compile(model) if cuda or args.compile_cpu else model
+    autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda)
     x, y = torch.randint(hp.vocab_size, (2, batch, seq), device=device).unbind(0)
 
     def step():
         with autocast:
             loss = run(x, y)
         loss.backward()
-        if hp.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         model.post_step()
+        if cuda:
+            torch.cuda.synchronize()
 
-    ms = median_ms(step, reps, 3, cuda)  # warmup steps include compilation
-    cfg = model.config()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(3):  # compilation and allocator warm-up
+        step()
+    times = []
+    for _ in range(args.step_reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(1000 * (time.perf_counter() - t0))
+    ms = statistics.median(times)
+    memory = "n/a"
+    if cuda:
+        memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
     tokens_per_s = batch * seq / (ms / 1000)
-    flops_per_token = 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 12 * hp.n_layer * hp.n_embd * seq
-    peak = next((v for k, v in train_gpt2.PEAK_BF16_FLOPS.items() if k in torch.cuda.get_device_name()), None) if cuda else None
-    mfu = f" mfu:{100 * flops_per_token * tokens_per_s / peak:.1f}%" if peak else ""
-    emit(f"step:{module.__name__} size:{size}{'_tiny' if args.tiny else ''} kernels:{kernels} compiled:{int(compile_model)} "
-         f"params:{cfg['params']} tokens:{batch * seq} ms:{ms:.2f} tokens_per_s:{tokens_per_s:.0f}{mfu}")
+    peak = train_gpt2.peak_flops(hp, torch.cuda.get_device_name() if cuda else "cpu")
+    mfu = ""
+    if peak:
+        mfu = f" mfu:{100 * train_gpt2.flops_per_token(model.config(), hp) * tokens_per_s / peak:.1f}%"
+    emit(f"step:{module.__name__} size:{size} kernels:{kernels} batch:{batch} seq:{seq} ms:{ms:.2f} "
+         f"tokens_per_s:{tokens_per_s:.0f}{mfu} peak_memory_MiB:{memory}")
     return ms
 
 
-def bench_steps(args, device, cuda, run_triton, reps):
-    compile_model = cuda or args.compile_cpu
-    sizes = ["124M"] if args.tiny else ["124M", "1B"]
-    for size in sizes:
-        for kernels in ("triton", "torch"):
+def bench_steps(args, device, cuda, run_triton, renorm_ms):
+    for size in args.sizes:
+        batch = 2 if args.quick else DEFAULT_BATCH[size]
+        for kernels in args.step_kernels:
             if kernels == "triton" and not run_triton:
                 emit(f"step:skipped size:{size} kernels:triton (no CUDA and TRITON_INTERPRET unset)")
                 continue
-            try:
-                ms = [step_time(m, size, kernels, args, device, cuda, compile_model, reps) for m in (train_gpt2, train_ngpt2)]
-            except torch.OutOfMemoryError:
-                emit(f"step:skipped size:{size} kernels:{kernels} (out of memory)")
-                torch._dynamo.reset()
-                torch.cuda.empty_cache()
-                continue
-            emit(f"ab:ngpt/gpt size:{size} kernels:{kernels} gpt_ms:{ms[0]:.2f} ngpt_ms:{ms[1]:.2f} ratio:{ms[1] / ms[0]:.3f}")
+            while True:  # the default device batch, halved while it does not fit
+                try:
+                    ms = [step_time(m, size, kernels, batch, args, device, cuda) for m in (train_gpt2, train_ngpt2)]
+                    break
+                except torch.OutOfMemoryError:
+                    emit(f"step:out_of_memory size:{size} kernels:{kernels} batch:{batch} (retrying at {batch // 2})")
+                    torch._dynamo.reset()
+                    torch.cuda.empty_cache()
+                    batch //= 2
+                    if not batch:
+                        return
+            renorm = ""
+            if ("float32", kernels) in renorm_ms and size == args.sizes[0]:
+                renorm = f" renorm_pct_of_ngpt_step:{100 * renorm_ms['float32', kernels] / ms[1]:.2f}"
+            emit(f"ab:ngpt/gpt size:{size} kernels:{kernels} batch:{batch} gpt_ms:{ms[0]:.2f} ngpt_ms:{ms[1]:.2f} "
+                 f"ratio:{ms[1] / ms[0]:.3f}{renorm}")
+
+
+def benchmark(args):
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    run_triton = train_gpt2.triton is not None and (cuda or interpreting)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    emit(f"bench device:{name} torch:{torch.__version__} triton:{getattr(train_gpt2.triton, '__version__', None)} "
+         f"interpret:{int(interpreting)} quick:{int(args.quick)}")
+    if not cuda:
+        emit("note: CPU run: every ms, GB/s, copy_pct, speedup, ratio and tokens_per_s below is meaningless (CPU "
+             "threads and Triton's interpreter, not a GPU); only that each path runs is checked")
+    if not run_triton:
+        emit("note: triton rows skipped (" + ("triton is not installed" if train_gpt2.triton is None else
+                                                "CPU tensors need TRITON_INTERPRET=1") + ")")
+    copy_gbs = copy_bandwidth(device, cuda, 2**28 if cuda else 2**20, args.reps)  # 1 GiB on CUDA: far beyond L2
+    emit(f"copy: GB/s:{copy_gbs:.1f}")
+    bench_kernels(args, device, cuda, copy_gbs, run_triton)
+    renorm_ms = bench_renorm(args, device, cuda, copy_gbs, run_triton)
+    if not args.skip_steps:
+        bench_steps(args, device, cuda, run_triton, renorm_ms)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(LINES) + "\n")
+
+
+# ---------------------------------------------------------------------------- validation
+def run_logged(cmd, log_path, env=None):
+    """Run cmd, tee its output into log_path; returns (exit code, output)."""
+    print(f"validate: {' '.join(cmd)}  > {log_path}", flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    text = out.stdout + out.stderr
+    with open(log_path, "w") as f:
+        f.write(f"$ {' '.join(cmd)}\n{text}")
+    return out.returncode, text
+
+
+def validate(args):
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name() if cuda else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "_", gpu.lower().replace("nvidia", "")).strip("_")
+    out_dir = args.record_dir or os.path.join(ROOT, "records", f"{datetime.date.today()}_gpu_validation_{slug}")
+    os.makedirs(out_dir, exist_ok=True)
+    py = sys.executable
+    results = {}
+    tests = ["tests/test_gpu.py"] + ([] if args.quick else ["tests/test_kernels.py"])  # CPU: the skips only
+    rc, text = run_logged([py, "-m", "pytest", *tests, "-q", "-rs"], os.path.join(out_dir, "tests.txt"))
+    results["tests"] = (rc, [line for line in text.splitlines() if re.search(r"passed|failed|skipped|error", line)][-1:])
+    bench_cmd = [py, "bench.py", f"--out={out_dir}/bench.txt", "--sizes=124M", "--step_kernels=triton",
+                 "--stream_dtypes=float32"] + (["--quick"] if args.quick else [])
+    rc, text = run_logged(bench_cmd, os.path.join(out_dir, "bench_stdout.txt"))
+    keep = ("copy:", "speedup:", "renorm:", "step:", "ab:")
+    results["bench"] = (rc, [line for line in text.splitlines() if line.startswith(keep)])
+    rc, ab_lines = short_ab(args, out_dir, cuda)
+    results["ab"] = (rc, ab_lines)
+    write_readme(out_dir, gpu, results, bench_cmd)
+    failed = [k for k, (rc, _) in results.items() if rc]
+    print(f"validate: {'FAILED ' + ','.join(failed) if failed else 'ok'}; logs and README in {out_dir}", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+def short_ab(args, out_dir, cuda):
+    """Both scripts at the 124M shape for a few steps through torchrun (one process), on cached FineWeb when
+    present, else on random tokens (losses then mean nothing, step times still do)."""
+    steps = 3 if args.quick else 100
+    with tempfile.TemporaryDirectory() as tmp:
+        train_glob, val_glob = "data/fineweb10B/fineweb_train_*.bin", "data/fineweb10B/fineweb_val_*.bin"
+        if args.quick or not os.path.exists(os.path.join(ROOT, "data/fineweb10B/fineweb_val_000000.bin")):
+            vocab = 256 if args.quick else 50257
+            rng = np.random.default_rng(0)
+            for split, n in (("train", 2**23), ("val", 2**19)):
+                header = np.zeros(256, dtype="<i4")
+                header[:3] = train_gpt2.MAGIC, 1, n
+                with open(os.path.join(tmp, f"rand_{split}_000000.bin"), "wb") as f:
+                    f.write(header.tobytes() + rng.integers(0, vocab, n, dtype=np.uint16).tobytes())
+            train_glob, val_glob = f"{tmp}/rand_train_*.bin", f"{tmp}/rand_val_*.bin"
+        common = [f"--input_bin={train_glob}", f"--input_val_bin={val_glob}", f"--num_iterations={steps}",
+                  "--save_every=0", f"--log_dir={out_dir}", "--warmdown_iters=0"]
+        if args.quick:
+            common += model_argv("124M", True) + ["--sequence_length=32", "--batch_size=4", "--device_batch_size=4",
+                                                  "--val_tokens=128", "--val_loss_every=0", "--warmup_iters=1"]
+        else:  # one micro-batch of the default 64 x 1024 per step, so 100 steps fit the time budget
+            common += ["--batch_size=64", f"--val_tokens={4 * 65536}", "--val_loss_every=50", "--warmup_iters=10"]
+        lines, rc_all = [], 0
+        for name in ("gpt2", "ngpt2"):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                   f"train_{name}.py", *common, f"--run_id=validate_{name}"]
+            rc, text = run_logged(cmd, os.path.join(out_dir, f"ab_{name}_stdout.txt"))
+            rc_all = rc_all or rc
+            steps_lines = [line for line in text.splitlines() if line.startswith("step:")]
+            keep = [line for line in text.splitlines() if line.startswith(("peak_memory:", "mfu_peak:"))]
+            lines += [f"{name}: {line}" for line in steps_lines[-2:] + keep]
+    return rc_all, lines
+
+
+def write_readme(out_dir, gpu, results, bench_cmd):
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(f"# GPU validation on {gpu}, {datetime.date.today()}\n\n")
+        f.write("Made by `python bench.py --validate` (the logs here hold every command and its full output).\n\n")
+        if gpu == "cpu":
+            f.write("CPU smoke run: every time, bandwidth, ratio and loss below is meaningless; it checks that the "
+                    "validation runs end to end.\n\n")
+        for key, title in (("tests", "CUDA tests (tests.txt)"), ("bench", f"benchmark: `{' '.join(bench_cmd[1:])}`"),
+                           ("ab", "short A/B, one process through torchrun (ab_*_stdout.txt, validate_*.txt)")):
+            rc, lines = results[key]
+            f.write(f"## {title}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}\n\n```\n" + "\n".join(lines) + "\n```\n\n")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few reps (CI)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few reps (CPU smoke run, CI)")
+    parser.add_argument("--validate", action="store_true", help="CUDA tests + benchmark + short A/B into records/")
+    parser.add_argument("--record_dir", default="", help="--validate: write here instead of records/<date>_...")
     parser.add_argument("--out", default="", help="also write the output lines to this file")
-    parser.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on CPU (slow to compile)")
-    parser.add_argument("--skip-steps", action="store_true", help="only the kernel and renorm benchmarks")
+    parser.add_argument("--sizes", default="124M,1B", help="model shapes, comma-separated: 124M, 1B")
+    parser.add_argument("--stream_dtypes", default="float32,bfloat16",
+                        help="residual stream dtypes for the kernels (bfloat16: --param_dtype=bfloat16 runs)")
+    parser.add_argument("--step_kernels", default="triton,torch", help="kernel sets for the step A/B")
+    parser.add_argument("--compile_cpu", action="store_true", help="also torch.compile on CPU (slow to compile)")
+    parser.add_argument("--skip_steps", action="store_true", help="only the kernel and renorm benchmarks")
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    args.tiny = args.quick or not cuda  # models: the real 124M/1B configs only on CUDA
-    device = "cuda" if cuda else "cpu"
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    run_triton = train_gpt2.triton is not None and (cuda or interpreting)
-    run_compiled = cuda or args.compile_cpu
-    reps = 3 if args.quick else (20 if cuda else 5)
-    tokens = 32 if args.quick else (16 * 1024 if cuda else 256)
-    emit(f"bench device:{torch.cuda.get_device_name() if cuda else 'cpu'} torch:{torch.__version__} "
-         f"triton:{getattr(train_gpt2.triton, '__version__', None)} interpret:{int(interpreting)} quick:{int(args.quick)}")
-    if not run_triton:
-        emit("note: triton rows skipped (" + ("triton is not installed" if train_gpt2.triton is None else
-                                                "CPU tensors need TRITON_INTERPRET=1") + ")")
-    if not run_compiled:
-        emit("note: compiled rows skipped on CPU (pass --compile-cpu to include them)")
-    copy_gbs = copy_bandwidth(device, 2**28 if cuda else (2**20 if args.quick else 2**24), reps, cuda)
-    emit(f"copy: GB/s:{copy_gbs:.1f}")
-    bench_kernels(args, device, cuda, copy_gbs, run_triton, run_compiled, tokens, reps)
-    bench_renorm(args, device, cuda, copy_gbs, run_triton, reps)
-    if not args.skip_steps:
-        bench_steps(args, device, cuda, run_triton, 2 if args.quick else (10 if cuda else 3))
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(LINES) + "\n")
-        os.replace(tmp, args.out)
+    for name, allowed in (("sizes", SHAPES), ("stream_dtypes", ("float32", "bfloat16")),
+                          ("step_kernels", ("triton", "torch"))):
+        values = getattr(args, name).split(",")
+        if not values or any(v not in allowed for v in values):
+            sys.exit(f"error: --{name}={getattr(args, name)}: each value must be one of {tuple(allowed)}")
+        setattr(args, name, values)
+    if args.quick:
+        args.sizes = args.sizes[:1]  # the tiny stand-in shape is the same for every size
+        args.stream_dtypes = args.stream_dtypes[:1]
+    args.reps = 3 if args.quick else 10
+    args.step_reps = 2 if args.quick else 10
+    if args.validate:
+        validate(args)
+    benchmark(args)
 
 
 if __name__ == "__main__":
