@@ -296,7 +296,7 @@ def validate(args):
 def short_ab(args, out_dir, cuda):
     """Both scripts at the 124M shape for a few steps through torchrun (one process), on cached FineWeb when
     present, else on random tokens (losses then mean nothing, step times still do)."""
-    steps = 3 if args.quick else 100
+    steps = 3 if args.quick else 60
     with tempfile.TemporaryDirectory() as tmp:
         train_glob, val_glob = "data/fineweb10B/fineweb_train_*.bin", "data/fineweb10B/fineweb_val_*.bin"
         if args.quick or not os.path.exists(os.path.join(ROOT, "data/fineweb10B/fineweb_val_000000.bin")):
@@ -313,8 +313,8 @@ def short_ab(args, out_dir, cuda):
         if args.quick:
             common += model_argv("124M", True) + ["--sequence_length=32", "--batch_size=4", "--device_batch_size=4",
                                                   "--val_tokens=128", "--val_loss_every=0", "--warmup_iters=1"]
-        else:  # one micro-batch of the default 64 x 1024 per step, so 100 steps fit the time budget
-            common += ["--batch_size=64", f"--val_tokens={4 * 65536}", "--val_loss_every=50", "--warmup_iters=10"]
+        else:  # one micro-batch of the default 64 x 1024 per step, to fit the time budget
+            common += ["--batch_size=64", f"--val_tokens={4 * 65536}", "--val_loss_every=30", "--warmup_iters=10"]
         lines, rc_all = [], 0
         for name in ("gpt2", "ngpt2"):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
