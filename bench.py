@@ -279,7 +279,8 @@ def validate(args):
     results = {}
     tests = ["tests/test_gpu.py"] + ([] if args.quick else ["tests/test_kernels.py"])  # CPU: the skips only
     rc, text = run_logged([py, "-m", "pytest", *tests, "-q", "-rs"], os.path.join(out_dir, "tests.txt"))
-    results["tests"] = (rc, [line for line in text.splitlines() if re.search(r"passed|failed|skipped|error", line)][-1:])
+    summary = [line for line in text.splitlines() if re.search(r"passed|failed|skipped|error", line)]
+    results["tests"] = (rc, summary[-1:])
     bench_cmd = [py, "bench.py", f"--out={out_dir}/bench.txt", "--sizes=124M", "--step_kernels=triton",
                  "--stream_dtypes=float32"] + (["--quick"] if args.quick else [])
     rc, text = run_logged(bench_cmd, os.path.join(out_dir, "bench_stdout.txt"))
@@ -337,7 +338,8 @@ def write_readme(out_dir, gpu, results, bench_cmd):
         for key, title in (("tests", "CUDA tests (tests.txt)"), ("bench", f"benchmark: `{' '.join(bench_cmd[1:])}`"),
                            ("ab", "short A/B, one process through torchrun (ab_*_stdout.txt, validate_*.txt)")):
             rc, lines = results[key]
-            f.write(f"## {title}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}\n\n```\n" + "\n".join(lines) + "\n```\n\n")
+            status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+            f.write(f"## {title}: {status}\n\n```\n" + "\n".join(lines) + "\n```\n\n")
 
 
 def main(argv=None):

@@ -43,7 +43,7 @@ def record_launches():
                                   (train_ngpt2, torch.randn(ROWS * n_head, hd, dtype=dtype), torch.randn(n_head, hd))):
                 y, rstd = mod._norm_scale_launch(x, scale, eps)
                 mod._norm_scale_bwd_launch(torch.randn_like(y), x, scale, rstd)
-            for w in (torch.randn(4 * D, D, dtype=dtype), torch.randn(D, 4 * D, dtype=dtype).t()):  # weight rows, columns
+            for w in (torch.randn(4 * D, D, dtype=dtype), torch.randn(D, 4 * D, dtype=dtype).t()):  # rows, columns
                 train_ngpt2._norm_scale_launch(w, None, eps, out=w)
         for h_dtype, b_dtype in ((f32, f32), (bf16, bf16), (f32, bf16)):  # the last: fp32 residual under autocast
             h, b, alpha = torch.randn(ROWS, D, dtype=h_dtype), torch.randn(ROWS, D, dtype=b_dtype), torch.rand(D)
@@ -57,7 +57,7 @@ def record_launches():
 
 
 def compile_launch(fn, args, kwargs, capability):
-    """Compile one recorded launch for sm_<capability> as the JIT would on that GPU; returns (registers, spill bytes)."""
+    """Compile one recorded launch for sm_<capability> as the JIT would there; returns (registers, spill bytes)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -86,16 +86,15 @@ def main(capability):
     calls, kernels = record_launches()
     seen = set()
     for fn, args, kwargs in calls:
-        config = {k: v for k, v in kwargs.items()}
         dtypes = [str(a.dtype)[6:] for a in args if hasattr(a, "dtype")]
-        key = (fn.__name__, json.dumps(config, sort_keys=True), tuple(dtypes), tuple(a.stride(-1) == 1 for a in args
-                                                                                       if hasattr(a, "stride")))
-        if key in seen:
+        ones = tuple(a == 1 for a in args if isinstance(a, int))  # ints equal to 1 specialize as constants
+        key = (fn.__name__, json.dumps(kwargs, sort_keys=True), tuple(dtypes), ones)
+        if key in seen:  # the same compile (e.g. the norm kernel of both scripts at one shape)
             continue
         seen.add(key)
         registers, spills = compile_launch(fn, args, kwargs, capability)
         print(json.dumps(dict(kernel=fn.__name__, sm=capability, dtypes=dtypes, registers=registers,
-                              spill_bytes=spills, **config)), flush=True)
+                              spill_bytes=spills, **kwargs)), flush=True)
     print(json.dumps(dict(all_kernels=sorted(kernels))), flush=True)
 
 
