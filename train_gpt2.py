@@ -7,6 +7,7 @@ torchrun --standalone --nproc_per_node=8 train_ngpt2.py
 """
 import copy
 import dataclasses
+import functools
 import glob
 import inspect
 import json
@@ -15,6 +16,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,9 +29,14 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint as recompute
 
 try:
     import triton
@@ -61,9 +68,12 @@ class Hyperparameters:
     kernels: str = ""  # "triton", "torch" or "" (triton on cuda, torch on cpu)
     param_dtype: str = "float32"  # storage of matrix weights: float32 or bfloat16 (the nGPT paper's setting)
     peak_tflops: float = 0.0  # one GPU's dense bf16 peak for MFU (0: looked up by the exact device name)
-    resume: str = ""  # checkpoint to continue from
+    fsdp: int = 0  # 1: shard weights, gradients and optimizer state over the processes (FSDP2); 0: DDP
+    activation_checkpointing: int = 0  # 1: recompute each block's activations in the backward pass (less memory)
+    resume: str = ""  # checkpoint to continue from (a .pt file or a sharded .dcp directory), or "auto" (see run_id)
     log_dir: str = "logs"  # where logs/<run_id>.txt and checkpoints go
-    run_id: str = ""  # name of the log and checkpoint ("" picks script, seed and time)
+    run_id: str = ""  # name of the log and checkpoint ("" picks script, seed and time; fix it for --resume=auto)
+    preset: str = ""  # model shape by name (--help lists them); explicit --n_layer, --n_embd, ... flags win
     # schedule
     schedule: str = "wsd"  # "wsd" (warmup, constant, cooldown) or "cosine"
     warmdown_iters: int = 1400  # wsd: steps of the final cooldown
@@ -89,10 +99,24 @@ def field_help():
     return {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines if ": " in line and "#" in line}
 
 
+# --preset=NAME: (n_layer, n_head, n_embd, mlp_hidden); mlp_hidden 0 means mlp_ratio * n_embd. Heads of 64-128.
+PRESETS = {
+    "speedrun": (12, 12, 768, 0),  # the default: GPT-2 small's shape (124M with its tied 50257-token embedding)
+    "350m": (24, 16, 1024, 2048),  # GPT-2 medium's depth and width; SwiGLU width 2048 keeps it near 350M
+    "0.5b": (24, 16, 1024, 0),  # the nGPT paper's 0.5B
+    "1b": (36, 20, 1280, 0),  # the nGPT paper's 1B
+    "3b": (32, 32, 2560, 6912),  # StableLM-3B's shape
+    "8b": (32, 32, 4096, 14336),  # Llama-3-8B's shape (full multi-head attention: no grouped keys and values)
+    "13b": (40, 40, 5120, 13824),  # Llama-2-13B's shape
+}
+SHAPE = ("n_layer", "n_head", "n_embd", "mlp_hidden")
+
+
 def parse_args(argv):
     hp = Hyperparameters()
     fields = {f.name: f for f in dataclasses.fields(Hyperparameters)}
     show_help = "--help" in argv or "-h" in argv
+    given = {}
     for arg in argv:
         if arg in ("--help", "-h"):
             continue
@@ -101,13 +125,21 @@ def parse_args(argv):
             sys.exit(f"error: expected --name=value, got {arg!r} (run with --help for the list)")
         if name not in fields:
             sys.exit(f"error: unknown hyperparameter --{name} (run with --help for the list)")
+        given[name] = value
+    preset = given.get("preset", "")
+    if preset and preset not in PRESETS:
+        sys.exit(f"error: --preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    if preset:  # first the preset's shape, then every explicit flag over it, whatever the order on the line
+        hp = dataclasses.replace(hp, **dict(zip(SHAPE, PRESETS[preset])))
+    for name, value in given.items():
         kind = fields[name].type
         try:
             setattr(hp, name, kind(value))
         except ValueError:
             sys.exit(f"error: --{name} expects a {kind.__name__}, got {value!r}")
     checks = {"schedule": ("wsd", "cosine"), "cooldown_shape": ("linear", "1-sqrt"), "kernels": ("", "triton", "torch"),
-              "param_dtype": ("float32", "bfloat16"), "compile": ("", "0", "1"), "device": ("", "cuda", "cpu")}
+              "param_dtype": ("float32", "bfloat16"), "compile": ("", "0", "1"), "device": ("", "cuda", "cpu"),
+              "fsdp": (0, 1), "activation_checkpointing": (0, 1)}
     for name, allowed in checks.items():
         if getattr(hp, name) not in allowed:
             sys.exit(f"error: --{name} must be one of {allowed}, got {getattr(hp, name)!r}")
@@ -118,6 +150,8 @@ def parse_args(argv):
         sys.exit(f"error: --peak_tflops={hp.peak_tflops} must be >= 0 (0: look the peak up by device name)")
     if hp.n_embd % hp.n_head or (hp.n_embd // hp.n_head) % 2:
         sys.exit(f"error: n_embd={hp.n_embd} must split into n_head={hp.n_head} heads of even size (RoPE)")
+    if hp.resume == "auto" and not hp.run_id:
+        sys.exit("error: --resume=auto continues the newest checkpoint of one run; name it with --run_id=...")
     if not hp.mlp_hidden:
         hp.mlp_hidden = hp.mlp_ratio * hp.n_embd
     if show_help:
@@ -134,6 +168,14 @@ def print_help(hp, fields):
     params, non_embedding = count_params(hp)
     print(f"\nthe model above: {params / 1e6:.1f}M parameters, {non_embedding / 1e6:.1f}M without the embedding "
           f"and head ({params:,} and {non_embedding:,})")
+    print(f"\npresets (--preset=NAME; shape {', '.join(SHAPE)}; counted with vocab_size={hp.vocab_size}):")
+    for name, shape in PRESETS.items():
+        preset = dataclasses.replace(hp, **dict(zip(SHAPE, shape)))
+        if not preset.mlp_hidden:
+            preset.mlp_hidden = preset.mlp_ratio * preset.n_embd
+        params, _ = count_params(preset)
+        print(f"  {name:<10} {str(tuple(getattr(preset, k) for k in SHAPE)):<24} {params / 1e6:>9.1f}M parameters "
+              f"({params:,})")
 
 
 def count_params(hp):
@@ -262,6 +304,12 @@ class GPT(nn.Module):
 
     def post_step(self):
         """GPT keeps no constraint on its weights between steps."""
+
+    def activation_elements(self):
+        """Elements the backward pass keeps per token (counted with saved-tensor hooks on CPU): per block, 12 widths
+        (block input, two norms' input, output and inner product, q and k after RoPE, qkv, attention output) and
+        4 MLP widths (fc output, SiLU, product); outside the blocks, the final norm and the log-softmax."""
+        return 12 * self.hp.n_embd + 4 * self.hp.mlp_hidden, 3 * self.hp.n_embd + self.hp.vocab_size
 
     def config(self):
         params = sum(p.numel() for p in self.parameters())
@@ -725,19 +773,113 @@ def flops_per_token(cfg, hp):
     return 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 6 * hp.n_layer * hp.n_embd * hp.sequence_length
 
 
-def save_checkpoint(path, model, optimizer, step, loader_state, hp):
+def shard_model(model, hp):
+    """FSDP2: each block is one group (gathered for its forward and backward, then freed), the root holds the rest;
+    parameters move to the device group by group. Compute stays in autocast, as with DDP. FSDP needs one storage
+    dtype per group, so bf16 matrices get groups of their own."""
+    if hp.param_dtype == "bfloat16":
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                fully_shard(module)
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def memory_estimate(hp, world, autocast_bf16):
+    """Bytes per process: weights, gradients and AdamW's two moments (divided over the processes with FSDP, which
+    adds the gathered root and two blocks), DDP's gradient buckets, and the activations of one micro-batch."""
+    with torch.device("meta"):
+        model = GPT(hp)
+
+    def size(params):
+        return sum(p.numel() * (2 if hp.param_dtype == "bfloat16" and p.ndim == 2 else 4) for p in params)
+
+    weights = size(model.parameters())
+    block = size(model.blocks[0].parameters())
+    per_block, outside = model.activation_elements()
+    tokens = hp.device_batch_size * hp.sequence_length
+    blocks_kept = hp.n_layer * per_block
+    if hp.activation_checkpointing:  # each block's input, and one block recomputed at a time
+        blocks_kept = hp.n_layer * hp.n_embd + per_block
+    est = dict(weights=weights, gradients=weights, optimizer=2 * weights, gathered=0)
+    if hp.fsdp:
+        est = {name: value / world for name, value in est.items()}
+        est["gathered"] = 2 * (weights - hp.n_layer * block) + 3 * block
+    elif world > 1:
+        est["gathered"] = weights  # DDP's gradient buckets
+    est["activations"] = tokens * (blocks_kept + outside) * (2 if autocast_bf16 else 4)
+    est["total"] = sum(est.values())
+    return est
+
+
+def latest_checkpoint(log_dir, run_id):
+    """The newest complete checkpoint of run_id in log_dir, or "": <run_id>.pt, <run_id>_step<N>.pt, or a
+    <run_id>_step<N>.dcp directory. Saves go to .tmp names first and sharded ones write train_state.pt last,
+    so a save cut short is never picked."""
+    prefix = os.path.join(glob.escape(log_dir), glob.escape(run_id))
+    paths = glob.glob(f"{prefix}.pt") + glob.glob(f"{prefix}_step*.pt")
+    paths += [p for p in glob.glob(f"{prefix}_step*.dcp") if os.path.isfile(os.path.join(p, "train_state.pt"))]
+    return max(paths, key=lambda p: (os.path.getmtime(p), p), default="")
+
+
+def train_state(step, loader_state, hp):
     rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, loader=loader_state,
-                 hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
+    return dict(step=step, loader=loader_state, hyperparameters=dataclasses.asdict(hp),
+                script=os.path.basename(__file__), rng=rng)
+
+
+def save_checkpoint(path, model, optimizer, state):
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), **state)
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
 
 
+def save_sharded(path, model, optimizer, state, master):
+    """Every process writes its shards with torch.distributed.checkpoint into path.tmp; the master then adds
+    train_state.pt and renames the directory, so path is complete or absent."""
+    tmp = f"{path}.tmp"
+    if master and os.path.exists(tmp):  # left by a save that was cut short
+        shutil.rmtree(tmp)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save(dict(model=model_state, optimizer=optimizer_state), checkpoint_id=tmp)
+    if master:
+        torch.save(state, os.path.join(tmp, "train_state.pt"))
+        if os.path.exists(path):  # the same step saved again
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    dist.barrier()
+
+
+def load_checkpoint(path, model, optimizer, hp, device):
+    """Weights and optimizer state into model and optimizer (sharded or not); returns the rest of the state."""
+    sharded = os.path.isdir(path)  # each process reads the pieces of its own shards, for any process count
+    state = torch.load(os.path.join(path, "train_state.pt") if sharded else path, map_location=device,
+                       weights_only=False)
+    if not sharded and any(isinstance(p, DTensor) for p in model.parameters()):
+        sys.exit(f"error: --resume={path} is a single-file checkpoint; resume it with --fsdp=0")
+    try:
+        if sharded:
+            model_state, optimizer_state = get_state_dict(model, optimizer)
+            pieces = dict(model=model_state, optimizer=optimizer_state)
+            dcp.load(pieces, checkpoint_id=path)
+            set_state_dict(model, optimizer, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
+            return state
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError) as err:  # a different model size or the other script's checkpoint
+        saved = {k: v for k, v in state["hyperparameters"].items() if getattr(hp, k, None) != v}
+        sys.exit(f"error: --resume={path} does not fit this model ({str(err).strip().splitlines()[-1].strip()}); "
+                 f"it was saved with {saved}")
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
-    ddp = "RANK" in os.environ
+    ddp = "RANK" in os.environ  # started by torchrun: DDP, or FSDP with --fsdp=1
     device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
@@ -747,6 +889,8 @@ def main(argv=None):
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
+    if hp.fsdp and not ddp:
+        sys.exit("error: --fsdp=1 shards over the processes torchrun starts; run under torchrun or use --fsdp=0")
     if ddp:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     master = rank == 0
@@ -758,6 +902,18 @@ def main(argv=None):
         sys.exit(f"error: batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
                  f"{hp.device_batch_size} * {world}; change --batch_size or --device_batch_size")
     micro_batches = hp.batch_size // (hp.device_batch_size * world)
+    autocast = nullcontext()  # fp32 on CPU, unless the matrices are stored in bf16
+    if on_cuda:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    elif hp.param_dtype == "bfloat16":
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    memory = memory_estimate(hp, world, on_cuda or hp.param_dtype == "bfloat16")
+    memory_line = " ".join(f"{k}:{v / 2**20:.1f}MiB" for k, v in memory.items())
+    if on_cuda and memory["total"] > 0.95 * torch.cuda.get_device_properties(device).total_memory:
+        capacity = torch.cuda.get_device_properties(device).total_memory
+        sys.exit(f"error: this run needs about {memory['total'] / 2**30:.1f} GiB per GPU ({memory_line}), the GPU has "
+                 f"{capacity / 2**30:.1f} GiB; lower --device_batch_size, add --activation_checkpointing=1 or "
+                 f"--fsdp=1 (or more GPUs), or pick a smaller --preset")
 
     script = os.path.basename(__file__)
     if not hp.run_id:
@@ -765,7 +921,12 @@ def main(argv=None):
     os.makedirs(hp.log_dir, exist_ok=True)
     log_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
     ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")  # the latest; with keep_checkpoints, the step's own file
-    log_file = open(log_path, "w") if master else None
+    resume = hp.resume
+    if resume == "auto":  # the newest complete checkpoint of this run_id, or a fresh start
+        resume = latest_checkpoint(hp.log_dir, hp.run_id)
+    if resume and not os.path.exists(resume):
+        sys.exit(f"error: --resume={resume}: no such checkpoint")
+    log_file = open(log_path, "a" if resume else "w") if master else None  # a continued run keeps its log
 
     def print0(s, console=True):
         if master:
@@ -783,24 +944,21 @@ def main(argv=None):
     if hp.param_dtype == "bfloat16":
         for p in model.parameters():
             p.data = p.data.bfloat16() if p.ndim == 2 else p.data
-    model = model.to(device)
+    if hp.activation_checkpointing:  # keep each block's input only; its activations are recomputed for backward
+        for block in model.blocks:
+            block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
+    if hp.fsdp:
+        shard_model(model, hp)
+    else:
+        model = model.to(device)
     raw_model = model
     optimizer = torch.optim.AdamW(raw_model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=on_cuda)
     for group in optimizer.param_groups:
         group["peak_lr"] = group["lr"]
     train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size)
     start_step = 0
-    if hp.resume:
-        if not os.path.isfile(hp.resume):
-            sys.exit(f"error: --resume={hp.resume}: no such checkpoint")
-        ckpt = torch.load(hp.resume, map_location=device, weights_only=False)
-        try:
-            raw_model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:  # a different model size or the other script's checkpoint
-            saved = {k: v for k, v in ckpt["hyperparameters"].items() if getattr(hp, k, None) != v}
-            sys.exit(f"error: --resume={hp.resume} does not fit this model ({str(err).splitlines()[1].strip()}); "
-                     f"it was saved with {saved}")
-        optimizer.load_state_dict(ckpt["optimizer"])
+    if resume:
+        ckpt = load_checkpoint(resume, raw_model, optimizer, hp, device)
         train_loader.load_state(ckpt["loader"])
         start_step = ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # map_location moved it; RNG states live on the CPU
@@ -813,13 +971,8 @@ def main(argv=None):
     # default bucket_cap_mb=25), so each bucket's all-reduce overlaps the rest of the backward pass
     if use_compile:
         model = torch.compile(model)
-    if ddp:  # no buffer broadcast: the only buffer, RoPE's inv_freq, is a constant, not state
+    if ddp and not hp.fsdp:  # no buffer broadcast: the only buffer, RoPE's inv_freq, is a constant, not state
         model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
-    autocast = nullcontext()  # fp32 on CPU, unless the matrices are stored in bf16
-    if on_cuda:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    elif hp.param_dtype == "bfloat16":
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
 
     cfg = raw_model.config()
     print0(f"script:{script}")
@@ -827,9 +980,11 @@ def main(argv=None):
            f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
     print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
     print0(f"model_config:{json.dumps(cfg)}")
-    resumed = f" resumed_from:{hp.resume} at_step:{start_step}" if hp.resume else ""
-    print0(f"device:{device} processes:{world} micro_batches:{micro_batches} compile:{use_compile} "
-           f"kernels:{hp.kernels}{resumed}")
+    resumed = f" resumed_from:{resume} at_step:{start_step}" if resume else ""
+    mode = "fsdp" if hp.fsdp else "ddp" if ddp else "single"
+    print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
+           f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}{resumed}")
+    print0(f"memory_estimate: {memory_line} (per process)")
     tokens_per_step = hp.batch_size * hp.sequence_length
     model_flops = flops_per_token(cfg, hp)
     peak = peak_flops(hp, torch.cuda.get_device_name() if on_cuda else "cpu")
@@ -872,11 +1027,19 @@ def main(argv=None):
 
     def checkpoint(step, loader_state, why):
         nonlocal ckpt_path
-        if hp.keep_checkpoints:
-            ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.pt")
-        if master:
-            save_checkpoint(ckpt_path, raw_model, optimizer, step, loader_state, hp)
-            print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")
+        state = train_state(step, loader_state, hp)
+        if hp.fsdp:  # sharded: a directory per step; without keep_checkpoints the older ones go once it is complete
+            ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
+            save_sharded(ckpt_path, raw_model, optimizer, state, master)
+            for path in glob.glob(os.path.join(glob.escape(hp.log_dir), f"{glob.escape(hp.run_id)}_step*.dcp")):
+                if master and not hp.keep_checkpoints and path != ckpt_path:
+                    shutil.rmtree(path)
+        else:
+            if hp.keep_checkpoints:
+                ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.pt")
+            if master:
+                save_checkpoint(ckpt_path, raw_model, optimizer, state)
+        print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")
 
     train_time_ms = 0.0
     timed_steps = 0
@@ -906,7 +1069,8 @@ def main(argv=None):
         train_loss = torch.zeros((), device=device)
         for micro in range(micro_batches):
             x, y = train_loader.next_batch(device)
-            with model.no_sync() if ddp and micro < micro_batches - 1 else nullcontext():  # all-reduce once
+            # DDP all-reduces once per step; FSDP reduce-scatters every micro-batch (no full gradients kept)
+            with model.no_sync() if isinstance(model, DDP) and micro < micro_batches - 1 else nullcontext():
                 with autocast:
                     loss = model(x, y) / micro_batches
                 loss.backward()
