@@ -2,8 +2,13 @@
 # The A/B: GPT-2 baseline, then nGPT, same data and seed, then the comparison table and plots.
 #   ./run.sh                 both models          ./run.sh gpt2 | ngpt2     one model
 #   ./run.sh --seed=1 ...    extra --name=value arguments pass through to both scripts
-# With GPUs: torchrun over all of them on FineWeb (downloaded on first use, 2.6B tokens of it).
-# Without: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary), two seeds each, in minutes.
+# With GPUs: torchrun over all of them on FineWeb (downloaded on first use, 2.6B tokens of it). Each run is
+# <model>_s<seed> in RUN_DIR with --resume=auto: rerun with the same RUN_DIR (a requeued job, a torchrun restart)
+# and every run continues from its newest complete checkpoint.
+# Several nodes: on each, NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 [MASTER_PORT=29500] RUN_DIR=<shared dir> ./run.sh,
+# or RDZV_ENDPOINT=host0:29500 instead of NODE_RANK/MASTER_ADDR (torchrun's c10d rendezvous). MAX_RESTARTS=N
+# lets torchrun restart failed workers, which then resume by themselves.
+# Without GPUs: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary), two seeds each, in minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
@@ -11,14 +16,29 @@ PYTHON=${PYTHON:-python}
 MODELS=(gpt2 ngpt2)
 if [[ $# -gt 0 && ( $1 == gpt2 || $1 == ngpt2 ) ]]; then MODELS=("$1"); shift; fi
 
-RUN_DIR=logs/ab_$(date +%Y%m%d-%H%M%S)
+NNODES=${NNODES:-1}
+if [[ $NNODES -gt 1 && -z ${RUN_DIR:-} ]]; then
+    echo "error: NNODES=$NNODES needs RUN_DIR set to the same directory on a filesystem every node shares" >&2
+    exit 1
+fi
+RUN_DIR=${RUN_DIR:-logs/ab_$(date +%Y%m%d-%H%M%S)}
+SEED=$(printf '%s\n' "$@" | sed -n 's/^--seed=//p' | tail -n 1)
 GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
 
 if [[ $GPUS -gt 0 ]]; then
     # Speedrun scale: 4768 steps of 512 x 1024 tokens need 25 of the 100M-token chunks.
     ls data/fineweb10B/fineweb_train_000025.bin >/dev/null 2>&1 || $PYTHON data/cached_fineweb10B.py 25
+    LAUNCH=(--nproc_per_node="$GPUS" --max_restarts="${MAX_RESTARTS:-0}")
+    if [[ $NNODES -eq 1 ]]; then
+        LAUNCH+=(--standalone)
+    elif [[ -n ${RDZV_ENDPOINT:-} ]]; then
+        LAUNCH+=(--nnodes="$NNODES" --rdzv_backend=c10d --rdzv_endpoint="$RDZV_ENDPOINT" --rdzv_id="${RDZV_ID:-ab}")
+    else
+        LAUNCH+=(--nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK (0 to NNODES-1) on each node}"
+                 --master_addr="${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}" --master_port="${MASTER_PORT:-29500}")
+    fi
     for model in "${MODELS[@]}"; do
-        torchrun --standalone --nproc_per_node="$GPUS" "train_$model.py" --log_dir="$RUN_DIR" "$@"
+        torchrun "${LAUNCH[@]}" "train_$model.py" --log_dir="$RUN_DIR" --run_id="${model}_s${SEED:-0}" --resume=auto "$@"
     done
 else
     echo "no GPU: running the tiny offline A/B on CPU (see README for the real one)"

@@ -839,8 +839,8 @@ def shard_model(model, hp):
 
 
 def memory_estimate(hp, world, autocast_bf16):
-    """Bytes per process: weights, gradients and AdamW's two moments (divided over the processes with FSDP, which
-    adds the gathered root and two blocks), DDP's gradient buckets, and the activations of one micro-batch."""
+    """Bytes per process: weights, gradients and AdamW's two moments (divided over the processes with FSDP), buffers
+    (FSDP's gathered root and two blocks, or DDP's gradient buckets) and the activations of one micro-batch."""
     with torch.device("meta"):
         model = GPT(hp)
 
@@ -854,13 +854,14 @@ def memory_estimate(hp, world, autocast_bf16):
     blocks_kept = hp.n_layer * per_block
     if hp.activation_checkpointing:  # each block's input, and one block recomputed at a time
         blocks_kept = hp.n_layer * hp.n_embd + per_block
-    est = dict(weights=weights, gradients=weights, optimizer=2 * weights, gathered=0)
+    est = dict(weights=weights, gradients=weights, optimizer=2 * weights, buffers=0)
     if hp.fsdp:
         est = {name: value / world for name, value in est.items()}
-        est["gathered"] = 2 * (weights - hp.n_layer * block) + 3 * block
+        est["buffers"] = 2 * (weights - hp.n_layer * block) + 3 * block  # root and one block gathered, one prefetched
     elif world > 1:
-        est["gathered"] = weights  # DDP's gradient buckets
-    est["activations"] = tokens * (blocks_kept + outside) * (2 if autocast_bf16 else 4)
+        est["buffers"] = weights  # DDP's gradient buckets
+    logit_grads = 3 * hp.vocab_size  # at the start of the backward pass the logits' gradients join the kept tensors
+    est["activations"] = tokens * (blocks_kept + outside + logit_grads) * (2 if autocast_bf16 else 4)
     est["total"] = sum(est.values())
     return est
 
