@@ -1034,7 +1034,9 @@ def main(argv=None):
     print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
     print0(f"model_config:{json.dumps(cfg)}")
     resumed = f" resumed_from:{resume} at_step:{start_step}" if resume else ""
-    mode = "fsdp" if hp.fsdp else "ddp" if ddp else "single"
+    mode = "single"
+    if ddp:
+        mode = "fsdp" if hp.fsdp else "ddp"
     print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}{resumed}")
     print0(f"memory_estimate: {memory_line} (per process)")
