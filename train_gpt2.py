@@ -773,6 +773,16 @@ def flops_per_token(cfg, hp):
     return 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 6 * hp.n_layer * hp.n_embd * hp.sequence_length
 
 
+def peak_rss_kib():
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss keeps the launching
+    process's peak (a big parent, like pytest, inflates it), so it is only the fallback."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def shard_model(model, hp):
     """FSDP2: each block is one group (gathered for its forward and backward, then freed), the root holds the rest;
     parameters move to the device group by group. Compute stays in autocast, as with DDP. FSDP needs one storage
@@ -1109,7 +1119,7 @@ def main(argv=None):
     if on_cuda:
         print0(f"peak_memory:{torch.cuda.max_memory_allocated() / 2**20:.0f}MiB (cuda allocated)")
     else:
-        print0(f"peak_memory:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MiB (process max rss)")
+        print0(f"peak_memory:{peak_rss_kib() / 1024:.0f}MiB (process max rss)")
     if ddp:
         dist.barrier()  # no rank tears down the process group while another still uses it
         dist.destroy_process_group()
