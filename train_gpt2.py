@@ -783,22 +783,20 @@ def peak_rss_kib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def shard_model(model, hp):
-    """FSDP2: each block is one group (gathered for its forward and backward, then freed), the root holds the rest;
-    parameters move to the device group by group. Compute stays in autocast, as with DDP. FSDP needs one storage
-    dtype per group, so bf16 matrices get groups of their own."""
-    if hp.param_dtype == "bfloat16":
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                fully_shard(module)
-    for block in model.blocks:
-        fully_shard(block)
+def shard_model(model):
+    """FSDP2: every matrix (each Linear and Embedding) is a group, gathered for its own forward and backward and
+    freed after; the vectors (gains, scalers: a tiny share) stay with the root, gathered for the whole step. Not a
+    group per block: GPT's fused add + norm has each block call the next block's norm. Compute stays in autocast,
+    as with DDP, and every group holds one storage dtype, as FSDP requires."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            fully_shard(module)
     fully_shard(model)
 
 
 def memory_estimate(hp, world, autocast_bf16):
     """Bytes per process: weights, gradients and AdamW's two moments (divided over the processes with FSDP), buffers
-    (FSDP's gathered root and two blocks, or DDP's gradient buckets) and the activations of one micro-batch."""
+    (FSDP's gathered root and matrices, or DDP's gradient buckets) and the activations of one micro-batch."""
     with torch.device("meta"):
         model = GPT(hp)
 
@@ -806,7 +804,7 @@ def memory_estimate(hp, world, autocast_bf16):
         return sum(p.numel() * (2 if hp.param_dtype == "bfloat16" and p.ndim == 2 else 4) for p in params)
 
     weights = size(model.parameters())
-    block = size(model.blocks[0].parameters())
+    matrices = [size([m.weight]) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     per_block, outside = model.activation_elements()
     tokens = hp.device_batch_size * hp.sequence_length
     blocks_kept = hp.n_layer * per_block
@@ -815,7 +813,7 @@ def memory_estimate(hp, world, autocast_bf16):
     est = dict(weights=weights, gradients=weights, optimizer=2 * weights, buffers=0)
     if hp.fsdp:
         est = {name: value / world for name, value in est.items()}
-        est["buffers"] = 2 * (weights - hp.n_layer * block) + 3 * block  # root and one block gathered, one prefetched
+        est["buffers"] = 2 * (weights - sum(matrices)) + 3 * max(matrices)  # the root, a matrix and its prefetch
     elif world > 1:
         est["buffers"] = weights  # DDP's gradient buckets
     logit_grads = 3 * hp.vocab_size  # at the start of the backward pass the logits' gradients join the kept tensors
@@ -959,7 +957,7 @@ def main(argv=None):
         for block in model.blocks:
             block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
     if hp.fsdp:
-        shard_model(model, hp)
+        shard_model(model)
     else:
         model = model.to(device)
     raw_model = model
