@@ -922,6 +922,9 @@ def load_checkpoint(path, model, optimizer, hp, device):
                        weights_only=False)
     if not sharded and any(isinstance(p, DTensor) for p in model.parameters()):
         sys.exit(f"error: --resume={path} is a single-file checkpoint; resume it with --fsdp=0")
+    if not sharded and "optimizer" not in state:
+        sys.exit(f"error: --resume={path} holds weights only (an averaged checkpoint?): it can be evaluated with "
+                 f"evals/, not resumed; resume from one of the run's own checkpoints")
     try:
         if sharded:
             model_state, optimizer_state = get_state_dict(model, optimizer)

@@ -265,6 +265,15 @@ def test_averaged_ngpt_has_unit_norm_matrices_and_loads_in_the_tools(runs, corpu
     assert "eval:extrapolate_avg step:30" in capsys.readouterr().out
 
 
+def test_resuming_an_averaged_checkpoint_is_a_one_line_error(runs, corpus, tmp_path):
+    out = tmp_path / "avg.pt"
+    average.main([ckpt(runs, "gpt2", 15), ckpt(runs, "gpt2", 30), "--out", str(out)])
+    cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), *TRAIN, f"--log_dir={tmp_path}", f"--resume={out}",
+           f"--input_bin={corpus[0]}/tiny_train_*.bin", f"--input_val_bin={corpus[0]}/tiny_val_*.bin"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode != 0 and "holds weights only" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_averaging_two_runs_of_different_configs_is_a_clear_error(runs, tmp_path):
     with pytest.raises(SystemExit, match="error: .* was written by train_ngpt2.py"):
         average.main([ckpt(runs, "gpt2"), ckpt(runs, "ngpt2"), "--out", str(tmp_path / "x.pt")])
