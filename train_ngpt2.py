@@ -302,18 +302,32 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
     def param_groups(self):
-        """AdamW groups: weight decay (none by default) on matrices only; muP divides hidden matrices' lr by the
-        width ratio. Init scale and logit size need no muP rule here: weights are unit vectors and logits are
-        cosines times s_z at any width."""
-        hidden = {id(p) for block in self.blocks for p in block.parameters() if p.ndim == 2}
-        groups = {"hidden": [], "matrix": [], "vector": []}
+        """AdamW groups and the muP rule, all in one place. m = n_embd / mup_base_width. Adam moves every entry of
+        a parameter by about lr per step, whatever the entry's size, so each group's lr is set to keep the
+        relative change of what it computes the same at any width (unit vectors have entries ~1/sqrt(d)):
+        - hidden matrices, lr / m: a unit row (or column) meets an input with entries ~1/sqrt(d); a step aligned
+          with that input changes an output entry by ~lr * d / sqrt(d) against outputs of ~1/sqrt(d): ~lr * d.
+        - embed and lm_head, lr / sqrt(m): a step of ~lr per entry of a unit row has norm ~lr * sqrt(d), so it
+          rotates an embedding (or a logit's direction) by ~lr * sqrt(d).
+        - s_qk, alpha and s_z, lr / sqrt(m): stored at scale 1/sqrt(d) and used times sqrt(d) (sec 2.5), so a
+          step of lr moves their effective value by ~lr * sqrt(d) relative to its init.
+        - s_u and s_v, lr: stored at scale 1, so a step moves their effective value by ~lr at any width.
+        Weight decay (none by default) on matrices only. At the base width every group has lr. Init and logit
+        size need no rule: weights are unit vectors and logits are cosines times s_z at any width."""
+        group_of = {id(p): "matrix" if p.ndim == 2 else "scaler" for p in self.parameters()}
+        for block in self.blocks:
+            group_of.update({id(p): "hidden" for p in block.parameters() if p.ndim == 2})
+            group_of.update({id(p): "unit_scaler" for p in (block.mlp.s_u.weight, block.mlp.s_v.weight)})
+        groups = {"hidden": [], "matrix": [], "scaler": [], "unit_scaler": []}
         for p in self.parameters():
-            groups["hidden" if id(p) in hidden else "matrix" if p.ndim == 2 else "vector"].append(p)
+            groups[group_of[id(p)]].append(p)
         lr = self.hp.learning_rate
         wd = self.hp.weight_decay
+        sqrt_m = math.sqrt(self.width_mult)
         return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd),
-                dict(params=groups["matrix"], lr=lr, weight_decay=wd),
-                dict(params=groups["vector"], lr=lr, weight_decay=0.0)]
+                dict(params=groups["matrix"], lr=lr / sqrt_m, weight_decay=wd),
+                dict(params=groups["scaler"], lr=lr / sqrt_m, weight_decay=0.0),
+                dict(params=groups["unit_scaler"], lr=lr, weight_decay=0.0)]
 
     def normalized_matrices(self):
         """(matrix, dim) pairs: dim 1 normalizes rows (input side), dim 0 columns (output projections)."""
