@@ -91,6 +91,7 @@ class Hyperparameters:
     learning_rate: float = 6e-4  # peak AdamW learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay, matrices only
     warmup_iters: int = 256  # steps of linear learning-rate warmup
+    qk_norm: int = 0  # 1: QK-norm baseline, q and k normalized per head after RoPE with a learned per-head gain
 
 
 def field_help():
@@ -220,14 +221,26 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = hp.n_head
         self.head_dim = hp.n_embd // hp.n_head
+        self.kernels = hp.kernels
         self.qkv = nn.Linear(hp.n_embd, 3 * hp.n_embd, bias=False)
         self.proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
         self.rotary = Rotary(self.head_dim)
+        self.qk_gain = None
+        if hp.qk_norm:  # one gain per head, shared by q and k; a vector, so no weight decay and lr not width-scaled
+            self.qk_gain = nn.Parameter(torch.ones(hp.n_head))
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = self.rotary(q), self.rotary(k)
+        if self.qk_gain is not None:
+            # Rows of norm gain * sqrt(head_dim), i.e. RMSNorm per head (unit-rms entries at gain 1), with the
+            # default 1/sqrt(head_dim) softmax scale: logits gain^2 * sqrt(head_dim) * cos(q, k), O(1) for random
+            # q and k as in standard attention with unit-variance q and k, and never above gain^2 * sqrt(head_dim)
+            # (the bound that keeps attention logits from growing); the gain learns how sharp each head may be.
+            scale = (self.qk_gain * math.sqrt(self.head_dim))[:, None].expand(-1, self.head_dim)
+            q = norm_scale(q, scale, self.head_dim * 1e-6, self.kernels)  # row r of (B*T*H, hd) is head r % H
+            k = norm_scale(k, scale, self.head_dim * 1e-6, self.kernels)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 

@@ -257,8 +257,11 @@ def test_compile_fullgraph_no_graph_break():
         torch.testing.assert_close(g, g_ref)
 
 
-@pytest.mark.parametrize("module", [train_gpt2, train_ngpt2], ids=["gpt", "ngpt"])
-def test_tiny_model_triton_matches_torch(module):
+MODELS = [(train_gpt2, []), (train_ngpt2, []), (train_gpt2, ["--qk_norm=1"])]
+
+
+@pytest.mark.parametrize("module, extra", MODELS, ids=["gpt", "ngpt", "gpt-qk_norm"])
+def test_tiny_model_triton_matches_torch(module, extra):
     # the whole model: same loss, gradients and post-step weights with either kernel set
     losses, grad_sets, weights = [], [], []
     torch.manual_seed(1)
@@ -266,8 +269,11 @@ def test_tiny_model_triton_matches_torch(module):
     for kernels in ("triton", "torch"):
         torch.manual_seed(0)
         hp = module.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--mup_base_width=32",
-                                f"--kernels={kernels}"])
+                                f"--kernels={kernels}"] + extra)
         model = module.GPT(hp)
+        for block in model.blocks:  # QK-norm gains away from 1, a different one per head
+            if getattr(block.attn, "qk_gain", None) is not None:
+                block.attn.qk_gain.data = torch.tensor([0.7, 1.3])
         loss = model(x, y)
         loss.backward()
         with torch.no_grad():
@@ -311,9 +317,9 @@ def test_ngpt_model_builds_on_cpu_with_triton_kernels(monkeypatch):
     torch.testing.assert_close(model.embed.weight.norm(dim=1), torch.ones(64))
 
 
-@pytest.mark.parametrize("module", [train_gpt2, train_ngpt2], ids=["gpt", "ngpt"])
-def test_whole_model_traces_without_graph_break(module):
-    hp = module.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--kernels=triton"])
+@pytest.mark.parametrize("module, extra", MODELS, ids=["gpt", "ngpt", "gpt-qk_norm"])
+def test_whole_model_traces_without_graph_break(module, extra):
+    hp = module.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--kernels=triton"] + extra)
     model = module.GPT(hp)
     idx = torch.randint(64, (2, 8))
     torch._dynamo.reset()

@@ -118,7 +118,10 @@ def test_mup_at_base_width_equals_standard_parametrization(name):
     assert [g["lr"] for g in models[0].param_groups()] == [g["lr"] for g in models[1].param_groups()]
     torch.manual_seed(0)
     wide = module.GPT(hp_for(module, "--mup_base_width=32"))  # width 64 is 2x the base
-    assert [g["lr"] for g in wide.param_groups()] == [3e-3 / 2, 3e-3, 3e-3]
+    want = [3e-3 / 2, 3e-3, 3e-3]  # hidden matrices lr / ratio (GPT: muP's Adam rule)
+    if name == "ngpt2":  # unit rows and 1/sqrt(d)-scaled scalers lr / sqrt(ratio), s_u and s_v lr (see param_groups)
+        want = [3e-3 / 2, 3e-3 / math.sqrt(2), 3e-3 / math.sqrt(2), 3e-3]
+    assert [g["lr"] for g in wide.param_groups()] == want
     if name == "gpt2":  # hidden init std shrinks by sqrt(2); embeddings keep theirs
         std = wide.blocks[0].attn.qkv.weight.std().item()
         assert abs(std - 0.02 / math.sqrt(2)) < 0.001, std

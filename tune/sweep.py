@@ -8,7 +8,8 @@ Every argument this tool does not know (--name=value) goes to the training scrip
 OUT/<script>_w<width>_lr<lr>.txt (the script's log) and .out (its console); OUT gets results.tsv, table.md and
 sweep.png (final val loss vs lr, one line per width, one panel per script). On CUDA one run per GPU at a time
 (CUDA_VISIBLE_DEVICES), on CPU one after another. A run that stops with a non-finite loss is 'diverged', any
-other failure 'crashed'; both stay in the table and are marked on the plot.
+other failure 'crashed'; both stay in the table and are marked on the plot. Runs already in OUT (ok or diverged)
+are read back, not run again, so a stopped sweep continues where it left off (--rerun runs everything).
 """
 import argparse
 import math
@@ -32,6 +33,7 @@ def parse(argv):
     ap.add_argument("--out", default="", help="folder for logs, table and plot (default logs/sweep_<time>)")
     ap.add_argument("--parallel", type=int, default=0, help="runs at a time (default: one per GPU, 1 on CPU)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the runs")
+    ap.add_argument("--rerun", action="store_true", help="run again the runs OUT already holds")
     args, extra = ap.parse_known_args(argv)
     for arg in extra:
         if not arg.startswith("--") or "=" not in arg:
@@ -75,8 +77,16 @@ def run_all(args, extra, jobs):
     from tqdm import tqdm
     gpus = torch.cuda.device_count()
     slots = args.parallel or max(1, gpus)
-    results, running, queue = {}, {}, list(jobs)
-    bar = tqdm(total=len(jobs), desc="sweep", unit="run")
+    results, running, queue = {}, {}, []
+    for job in jobs:
+        done = outcome(args.out, run_id(*job), 0)
+        if not args.rerun and os.path.exists(os.path.join(args.out, run_id(*job) + ".txt")) and done[0] != "crashed":
+            results[job] = done
+        else:
+            queue.append(job)
+    if results:
+        print(f"sweep: {len(results)} runs already in {args.out} read back (--rerun runs them again)")
+    bar = tqdm(total=len(queue), desc="sweep", unit="run")
     while queue or running:
         while queue and len(running) < slots:
             job = queue.pop(0)

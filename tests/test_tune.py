@@ -1,0 +1,123 @@
+"""The tuning tools and what they check: muP coordinate check, nGPT's per-group lr rule, QK-norm, the lr sweep."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt2
+import train_ngpt2
+from conftest import write_shard
+from tune import coord_check, sweep
+
+FLAT = 1.5  # max / min over a 4x width range; the old nGPT rule measured 2.8 on the logit change here
+COORD_ARGS = ["--widths", "64", "128", "256", "--base_width=64", "--steps=8", "--seeds=1", "--batch=4", "--seq=32",
+              "--out_dir="]
+
+
+def old_ngpt_rule(monkeypatch):
+    """nGPT's rule before this fix: only the hidden matrices' lr divided by the width ratio."""
+    new_rule = train_ngpt2.GPT.param_groups
+
+    def param_groups(self):
+        groups = new_rule(self)
+        for group in groups[1:]:
+            group["lr"] = self.hp.learning_rate
+        return groups
+    monkeypatch.setattr(train_ngpt2.GPT, "param_groups", param_groups)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "ngpt2"])
+def test_coordinate_check_is_flat_across_width(name):
+    table = coord_check.coord_check(name, coord_check.parse(COORD_ARGS))
+    for key, index in [("logits", 1), ("logits", 0), ("block1", 1), ("embed", 1)]:
+        assert coord_check.spread(table, key, index) < FLAT, (key, index, table)
+
+
+def test_coordinate_check_catches_the_old_ngpt_rule(monkeypatch):
+    old_ngpt_rule(monkeypatch)
+    table = coord_check.coord_check("ngpt2", coord_check.parse(COORD_ARGS))
+    changes = [table[width]["logits"][1] for width in (64, 128, 256)]
+    assert changes[0] < changes[1] < changes[2] and coord_check.spread(table, "logits", 1) > FLAT, table
+
+
+def lr_and_decay(model):
+    return {name: (group["lr"], group["weight_decay"]) for group in model.param_groups()
+            for name, p in model.named_parameters() if any(p is q for q in group["params"])}
+
+
+@pytest.mark.parametrize("module", [train_gpt2, train_ngpt2], ids=["gpt2", "ngpt2"])
+def test_base_width_gives_every_parameter_the_lr_and_matrices_the_decay(module):
+    hp = module.parse_args(["--n_embd=64", "--n_head=2", "--n_layer=2", "--vocab_size=256", "--mup_base_width=64",
+                            "--learning_rate=3e-3", "--weight_decay=0.1"])
+    model = module.GPT(hp)
+    groups = lr_and_decay(model)
+    assert sorted(groups) == sorted(name for name, _ in model.named_parameters())  # each parameter in one group
+    for name, p in model.named_parameters():
+        assert groups[name] == (3e-3, 0.1 if p.ndim == 2 else 0.0), name
+
+
+def test_ngpt_rule_away_from_the_base_width():
+    # width 4x the base: hidden matrices lr/4; unit rows and 1/sqrt(d)-scaled scalers lr/2; s_u, s_v lr
+    hp = train_ngpt2.parse_args(["--n_embd=64", "--n_head=2", "--n_layer=2", "--vocab_size=256",
+                                 "--mup_base_width=16", "--learning_rate=1e-2"])
+    groups = lr_and_decay(train_ngpt2.GPT(hp))
+    for name, (lr, _) in groups.items():
+        if name.startswith("blocks.") and name.endswith(("qkv.weight", "proj.weight", "fc.weight")):
+            want = 1e-2 / 4
+        elif ".s_u." in name or ".s_v." in name:
+            want = 1e-2
+        else:  # embed, lm_head, s_qk, alpha_attn, alpha_mlp, s_z
+            want = 1e-2 / 2
+        assert math.isclose(lr, want), (name, lr, want)
+
+
+def test_qk_norm_rows_have_the_gain_as_norm(monkeypatch):
+    hp = train_gpt2.parse_args(["--n_embd=64", "--n_head=4", "--n_layer=1", "--vocab_size=128", "--qk_norm=1",
+                                "--kernels=torch"])
+    model = train_gpt2.GPT(hp)
+    gain = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    model.blocks[0].attn.qk_gain.data = gain.clone()
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(train_gpt2.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.append((q, k)) or sdpa(q, k, v, **kw))
+    model(torch.randint(0, 128, (2, 16)))
+    q, k = seen[0]  # (batch, head, time, head_dim): row norm = gain of the head * sqrt(head_dim)
+    want = (gain * math.sqrt(16))[None, :, None].expand(2, 4, 16)
+    torch.testing.assert_close(q.norm(dim=-1), want, rtol=1e-4, atol=0)  # eps: head_dim * 1e-6
+    torch.testing.assert_close(k.norm(dim=-1), want, rtol=1e-4, atol=0)
+    groups = lr_and_decay(model)
+    assert groups["blocks.0.attn.qk_gain"] == (hp.learning_rate, 0.0)  # a vector: no weight decay, lr unscaled
+    plain = train_gpt2.GPT(train_gpt2.parse_args(["--n_embd=64", "--n_head=4", "--n_layer=1", "--vocab_size=128"]))
+    assert "blocks.0.attn.qk_gain" not in dict(plain.named_parameters())  # default: the model as before
+
+
+def test_sweep_reports_table_plot_and_a_diverged_run(tmp_path):
+    stream = np.arange(6000) * 7 % 97
+    write_shard(tmp_path / "s_train_000001.bin", stream)
+    write_shard(tmp_path / "s_val_000000.bin", stream[:1000])
+    out = tmp_path / "sweep"
+    argv = ["--scripts", "gpt2", "--lrs", "3e-3", "1e4", "--widths", "32", "64", "--head_dim=16", f"--out={out}",
+            f"--input_bin={tmp_path}/s_train_*.bin", f"--input_val_bin={tmp_path}/s_val_*.bin", "--vocab_size=128",
+            "--n_layer=1", "--sequence_length=16", "--batch_size=2", "--device_batch_size=2", "--val_tokens=32",
+            "--num_iterations=4", "--warmup_iters=0", "--warmdown_iters=1", "--save_every=0", "--mup_base_width=32"]
+    sweep.main(argv)
+    rows = [line.split("\t") for line in (out / "results.tsv").read_text().splitlines()[1:]]
+    status = {(width, lr): s for _, width, lr, s, _ in rows}
+    assert status == {("32", "0.003"): "ok", ("64", "0.003"): "ok", ("32", "10000"): "diverged",
+                      ("64", "10000"): "diverged"}
+    table = (out / "table.md").read_text()
+    assert "| gpt2 | 32 |" in table and "diverged" in table and "| 0.003 |" in table  # best lr per width
+    assert (out / "sweep.png").stat().st_size > 0
+    log = out / "gpt2_w64_lr0.003.txt"  # the script's own log
+    (out / "results.tsv").unlink()
+    before = log.stat().st_mtime_ns
+    sweep.main(argv)  # again: every run is read back, none runs again
+    assert log.stat().st_mtime_ns == before and (out / "results.tsv").read_text().count("diverged") == 2
+
+
+def test_sweep_rejects_a_width_that_does_not_split_into_heads(tmp_path):
+    with pytest.raises(SystemExit, match="error: width 40"):
+        sweep.main(["--lrs", "1e-3", "--widths", "40", "--head_dim=16", f"--out={tmp_path}"])
