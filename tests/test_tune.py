@@ -100,9 +100,10 @@ def test_sweep_reports_table_plot_and_a_diverged_run(tmp_path):
     write_shard(tmp_path / "s_val_000000.bin", stream[:1000])
     out = tmp_path / "sweep"
     argv = ["--scripts", "gpt2", "--lrs", "3e-3", "1e4", "--widths", "32", "64", "--head_dim=16", f"--out={out}",
-            f"--input_bin={tmp_path}/s_train_*.bin", f"--input_val_bin={tmp_path}/s_val_*.bin", "--vocab_size=128",
-            "--n_layer=1", "--sequence_length=16", "--batch_size=2", "--device_batch_size=2", "--val_tokens=32",
-            "--num_iterations=4", "--warmup_iters=0", "--warmdown_iters=1", "--save_every=0", "--mup_base_width=32"]
+            "--parallel=4", f"--input_bin={tmp_path}/s_train_*.bin", f"--input_val_bin={tmp_path}/s_val_*.bin",
+            "--vocab_size=128", "--n_layer=1", "--sequence_length=16", "--batch_size=2", "--device_batch_size=2",
+            "--val_tokens=32", "--num_iterations=4", "--warmup_iters=0", "--warmdown_iters=1", "--save_every=0",
+            "--mup_base_width=32"]
     sweep.main(argv)
     rows = [line.split("\t") for line in (out / "results.tsv").read_text().splitlines()[1:]]
     status = {(width, lr): s for _, width, lr, s, _ in rows}

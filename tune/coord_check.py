@@ -24,6 +24,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import train_gpt2  # noqa: E402  (the scripts live in the repo root)
+import train_ngpt2  # noqa: E402
+
+SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 
 
 def parse(argv):
@@ -45,12 +49,6 @@ def parse(argv):
         if width % args.head_dim:
             sys.exit(f"error: width {width} is not a multiple of --head_dim={args.head_dim}")
     return args
-
-
-def script_module(name):
-    import train_gpt2
-    import train_ngpt2
-    return {"gpt2": train_gpt2, "ngpt2": train_ngpt2}[name]
 
 
 def zipf_batches(args, seed):
@@ -111,7 +109,7 @@ def measure(module, width, args, seed):
 
 def coord_check(name, args):
     """{width: {tensor name: (rms, change)}}, each the mean over args.seeds seeds."""
-    module = script_module(name)
+    module = SCRIPTS[name]
     table = {}
     for width in args.widths:
         runs = [measure(module, width, args, seed) for seed in range(args.seeds)]

@@ -9,7 +9,8 @@ OUT/<script>_w<width>_lr<lr>.txt (the script's log) and .out (its console); OUT 
 sweep.png (final val loss vs lr, one line per width, one panel per script). On CUDA one run per GPU at a time
 (CUDA_VISIBLE_DEVICES), on CPU one after another. A run that stops with a non-finite loss is 'diverged', any
 other failure 'crashed'; both stay in the table and are marked on the plot. Runs already in OUT (ok or diverged)
-are read back, not run again, so a stopped sweep continues where it left off (--rerun runs everything).
+are read back, not run again, so a stopped sweep continues where it left off (--rerun runs everything; --report
+runs nothing and shows what OUT holds, missing runs as 'not run'). Runs go in the order given (widths, then lrs).
 """
 import argparse
 import math
@@ -34,6 +35,7 @@ def parse(argv):
     ap.add_argument("--parallel", type=int, default=0, help="runs at a time (default: one per GPU, 1 on CPU)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     ap.add_argument("--rerun", action="store_true", help="run again the runs OUT already holds")
+    ap.add_argument("--report", action="store_true", help="run nothing: table and plot of the runs OUT holds")
     args, extra = ap.parse_known_args(argv)
     for arg in extra:
         if not arg.startswith("--") or "=" not in arg:
@@ -82,6 +84,8 @@ def run_all(args, extra, jobs):
         done = outcome(args.out, run_id(*job), 0)
         if not args.rerun and os.path.exists(os.path.join(args.out, run_id(*job) + ".txt")) and done[0] != "crashed":
             results[job] = done
+        elif args.report:
+            results[job] = ("not run", float("nan"))
         else:
             queue.append(job)
     if results:
@@ -110,15 +114,16 @@ def run_all(args, extra, jobs):
 
 def table(args, results):
     """Markdown: a row per (script, width) with each lr's final val loss, and the best lr per width."""
-    head = "| script | width | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " | best lr | best val loss |"
-    lines = [head, "|---" * (len(args.lrs) + 4) + "|"]
+    lrs = sorted(args.lrs)
+    head = "| script | width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr | best val loss |"
+    lines = [head, "|---" * (len(lrs) + 4) + "|"]
     for script in args.scripts:
         for width in args.widths:
             cells = []
-            for lr in args.lrs:
+            for lr in lrs:
                 status, loss = results[(script, width, lr)]
                 cells.append(f"{loss:.4f}" if status == "ok" else status)
-            done = [(results[(script, width, lr)][1], lr) for lr in args.lrs if results[(script, width, lr)][0] == "ok"]
+            done = [(results[(script, width, lr)][1], lr) for lr in lrs if results[(script, width, lr)][0] == "ok"]
             best = f"{min(done)[1]:g} | {min(done)[0]:.4f}" if done else "none | -"
             lines.append(f"| {script} | {width} | " + " | ".join(cells) + f" | {best} |")
     return "\n".join(lines)
@@ -133,10 +138,10 @@ def plot(args, results, path):
         finite = [loss for (s, _, _), (status, loss) in results.items() if s == script and status == "ok"]
         top = max(finite) if finite else 1.0
         for width in args.widths:
-            rows = [(lr, *results[(script, width, lr)]) for lr in args.lrs]
+            rows = [(lr, *results[(script, width, lr)]) for lr in sorted(args.lrs)]
             line, = ax.plot([lr for lr, status, _ in rows if status == "ok"],
                             [loss for _, status, loss in rows if status == "ok"], "o-", label=f"width {width}")
-            failed = [lr for lr, status, _ in rows if status != "ok"]  # drawn at the top, as crosses
+            failed = [lr for lr, status, _ in rows if status in ("diverged", "crashed")]  # at the top, as crosses
             ax.plot(failed, [top] * len(failed), "x", color=line.get_color(), markersize=10)
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate")
