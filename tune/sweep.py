@@ -144,6 +144,8 @@ def plot(args, results, path):
             failed = [lr for lr, status, _ in rows if status in ("diverged", "crashed")]  # at the top, as crosses
             ax.plot(failed, [top] * len(failed), "x", color=line.get_color(), markersize=10)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(args.lrs), [f"{lr:g}" for lr in sorted(args.lrs)], minor=False)
+        ax.minorticks_off()
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("final val loss")
         ax.set_title(f"train_{script}.py (x: diverged or crashed)")
