@@ -47,7 +47,8 @@ else
           --n_layer=4 --n_head=4 --n_embd=128 --mup_base_width=128 --sequence_length=128 --batch_size=16
           --device_batch_size=16 --num_iterations=300 --warmdown_iters=90 --val_loss_every=25 --val_tokens=8192
           --save_every=0)
-    # each model at the best of a 3-point learning-rate sweep at this size (records/2026-11-25_tiny_cpu_ab)
+    # each model's best lr at this length (records/2026-11-25_tiny_cpu_ab; nGPT 2e-2, best in the 150-step
+    # transfer sweep records/2026-11-25_tiny_cpu_mup_transfer, ends worse here)
     declare -A TINY_LR=([gpt2]="--learning_rate=2e-3 --warmup_iters=30" [ngpt2]="--learning_rate=1e-2")
     for seed in 0 1; do
         for model in "${MODELS[@]}"; do
