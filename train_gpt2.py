@@ -321,8 +321,12 @@ class GPT(nn.Module):
     def activation_elements(self):
         """Elements the backward pass keeps per token (counted with saved-tensor hooks on CPU): per block, 12 widths
         (block input, two norms' input, output and inner product, q and k after RoPE, qkv, attention output) and
-        4 MLP widths (fc output, SiLU, product); outside the blocks, the final norm and the log-softmax."""
-        return 12 * self.hp.n_embd + 4 * self.hp.mlp_hidden, 3 * self.hp.n_embd + self.hp.vocab_size
+        4 MLP widths (fc output, SiLU, product), 2 more with qk_norm (normalized q and k; the plain-torch norm keeps
+        2 more still); outside the blocks, the final norm and the log-softmax."""
+        per_block = 12 * self.hp.n_embd + 4 * self.hp.mlp_hidden
+        if self.hp.qk_norm:
+            per_block += 2 * self.hp.n_embd
+        return per_block, 3 * self.hp.n_embd + self.hp.vocab_size
 
     def config(self):
         params = sum(p.numel() for p in self.parameters())

@@ -63,11 +63,16 @@ def zipf_batches(args, seed):
 
 
 def activations(model, idx):
-    """{name: tensor}: the embedding output, each block's output and the logits for the batch idx."""
+    """{name: tensor}: the embedding output, each block's output (the residual stream) and the logits for idx."""
     out = {}
-    hooks = [model.embed.register_forward_hook(lambda m, a, y: out.__setitem__("embed", y.detach()))]
+
+    def keep(name):
+        def hook(module, args, y):
+            out[name] = (y[0] if isinstance(y, tuple) else y).detach()  # GPT's blocks return (stream, its norm)
+        return hook
+    hooks = [model.embed.register_forward_hook(keep("embed"))]
     for i, block in enumerate(model.blocks):
-        hooks.append(block.register_forward_hook(lambda m, a, y, i=i: out.__setitem__(f"block{i}", y.detach())))
+        hooks.append(block.register_forward_hook(keep(f"block{i}")))
     with torch.no_grad():
         out["logits"] = model(idx).detach()
     for hook in hooks:
