@@ -1,7 +1,7 @@
 """Kernel bandwidth and step-time A/B of train_gpt2.py vs train_ngpt2.py on this device; one-command GPU validation.
 
-python bench.py                   # CUDA: kernels at 65,536 tokens, step A/B at the default device batch, 124M and 1B
-python bench.py --validate        # CUDA, < 10 min: CUDA tests, this benchmark at 124M, a short A/B of both scripts;
+python bench.py                   # CUDA: kernels at 65,536 tokens, step A/B at the default device batch, both shapes
+python bench.py --validate        # CUDA, < 10 min: CUDA tests, this benchmark at speedrun, a short A/B of both scripts;
                                   # logs and a README of the numbers in records/<date>_gpu_validation_<gpu>/
 TRITON_INTERPRET=1 python bench.py --quick                                  # CPU smoke run (numbers meaningless)
 TRITON_INTERPRET=1 python bench.py --validate --quick --record_dir=/tmp/v   # the validation's CPU smoke run (CI)
@@ -27,8 +27,9 @@ import train_gpt2
 import train_ngpt2
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SHAPES = {"124M": dict(n_layer=12, n_head=12, n_embd=768), "1B": dict(n_layer=16, n_head=16, n_embd=2048)}
-DEFAULT_BATCH = {"124M": 64, "1B": 16}  # device batch of 1024-token sequences: train_*.py's default for 124M
+# the default shape (190.5M parameters) and a 1B-class one (16 x 2048, head_dim 128: 1.28B, 1.07B non-embedding)
+SHAPES = {"speedrun": dict(n_layer=12, n_head=12, n_embd=768), "1B": dict(n_layer=16, n_head=16, n_embd=2048)}
+DEFAULT_BATCH = {"speedrun": 64, "1B": 16}  # device batch of 1024-token sequences: train_*.py's default for speedrun
 EPS = 1e-6
 LINES = []
 
@@ -281,7 +282,7 @@ def validate(args):
     rc, text = run_logged([py, "-m", "pytest", *tests, "-q", "-rs"], os.path.join(out_dir, "tests.txt"))
     summary = [line for line in text.splitlines() if re.search(r"passed|failed|skipped|error", line)]
     results["tests"] = (rc, summary[-1:])
-    bench_cmd = [py, "bench.py", f"--out={out_dir}/bench.txt", "--sizes=124M", "--step_kernels=triton",
+    bench_cmd = [py, "bench.py", f"--out={out_dir}/bench.txt", "--sizes=speedrun", "--step_kernels=triton",
                  "--stream_dtypes=float32"] + (["--quick"] if args.quick else [])
     rc, text = run_logged(bench_cmd, os.path.join(out_dir, "bench_stdout.txt"))
     keep = ("copy:", "speedup:", "renorm:", "step:", "ab:")
@@ -295,7 +296,7 @@ def validate(args):
 
 
 def short_ab(args, out_dir, cuda):
-    """Both scripts at the 124M shape for a few steps through torchrun (one process), on cached FineWeb when
+    """Both scripts at the speedrun shape for a few steps through torchrun (one process), on cached FineWeb when
     present, else on random tokens (losses then mean nothing, step times still do)."""
     steps = 3 if args.quick else 60
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,7 +313,7 @@ def short_ab(args, out_dir, cuda):
         common = [f"--input_bin={train_glob}", f"--input_val_bin={val_glob}", f"--num_iterations={steps}",
                   "--save_every=0", f"--log_dir={out_dir}", "--warmdown_iters=0"]
         if args.quick:
-            common += model_argv("124M", True) + ["--sequence_length=32", "--batch_size=4", "--device_batch_size=4",
+            common += model_argv("speedrun", True) + ["--sequence_length=32", "--batch_size=4", "--device_batch_size=4",
                                                   "--val_tokens=128", "--val_loss_every=0", "--warmup_iters=1"]
         else:  # one micro-batch of the default 64 x 1024 per step, to fit the time budget
             common += ["--batch_size=64", f"--val_tokens={4 * 65536}", "--val_loss_every=30", "--warmup_iters=10"]
@@ -348,7 +349,7 @@ def main(argv=None):
     parser.add_argument("--validate", action="store_true", help="CUDA tests + benchmark + short A/B into records/")
     parser.add_argument("--record_dir", default="", help="--validate: write here instead of records/<date>_...")
     parser.add_argument("--out", default="", help="also write the output lines to this file")
-    parser.add_argument("--sizes", default="124M,1B", help="model shapes, comma-separated: 124M, 1B")
+    parser.add_argument("--sizes", default="speedrun,1B", help="model shapes, comma-separated: speedrun, 1B")
     parser.add_argument("--stream_dtypes", default="float32,bfloat16",
                         help="residual stream dtypes for the kernels (bfloat16: --param_dtype=bfloat16 runs)")
     parser.add_argument("--step_kernels", default="triton,torch", help="kernel sets for the step A/B")

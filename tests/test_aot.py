@@ -1,7 +1,7 @@
 """Ahead-of-time compile of every Triton kernel of both scripts for H100 (sm_90) and A100 (sm_80), no GPU needed.
 
 The launchers of both scripts run on small CPU tensors with the kernel launch replaced by a recorder, so the
-block sizes, warps, dtypes and integer/alignment specializations are exactly those training picks at the 124M
+block sizes, warps, dtypes and integer/alignment specializations are exactly those training picks at the speedrun
 (D=768, head_dim 64) and 1B (D=2048, head_dim 128) shapes, in fp32, bf16 and the autocast mix (fp32 residual,
 bf16 branch). Each recorded launch is compiled by Triton's own compiler for the target, and its PTX is
 assembled again with the bundled ptxas -v to read register and spill counts. A compile error or a spill fails.
@@ -19,7 +19,7 @@ import tempfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = {"124M": (768, 12), "1B": (2048, 16)}  # (n_embd, n_head)
+SHAPES = {"speedrun": (768, 12), "1B": (2048, 16)}  # (n_embd, n_head)
 ROWS = 256  # rows per recorded launch: a multiple of 16 like 65,536 tokens, so the specializations match training
 
 

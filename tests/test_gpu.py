@@ -1,6 +1,6 @@
 """CUDA-only checks at real shapes (run by `python bench.py --validate`; skipped without a GPU).
 
-Kernels against their torch references at 65,536 tokens of the 124M and 1B widths, fp32 and bf16; a compiled
+Kernels against their torch references at 65,536 tokens of the speedrun and 1B widths, fp32 and bf16; a compiled
 training step with the Triton kernels against --kernels=torch under bf16 autocast; --param_dtype=bfloat16 through
 one-process torchrun.
 """
@@ -65,7 +65,7 @@ def test_kernels_at_real_shapes(D, n_head, dtype):
 
 @pytest.mark.parametrize("module", [train_gpt2, train_ngpt2], ids=["gpt", "ngpt"])
 def test_compiled_step_triton_matches_torch(module):
-    # one compiled forward/backward under bf16 autocast at the 124M width (2 layers): same loss and gradients
+    # one compiled forward/backward under bf16 autocast at the speedrun width (2 layers): same loss and gradients
     x, y = torch.randint(50304, (2, 8, 1024), device="cuda").unbind(0)
     results = []
     for kernels in ("triton", "torch"):
