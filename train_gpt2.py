@@ -32,7 +32,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -191,7 +192,13 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim, base=10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+        self.head_dim = head_dim
+        self.base = base
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self):
+        """inv_freq, a constant outside the state dict: FSDP's meta-device build recomputes it after allocation."""
+        return self.base ** (-torch.arange(0, self.head_dim, 2).float() / self.head_dim)
 
     def forward(self, x):
         angles = torch.outer(torch.arange(x.shape[1], device=x.device).float(), self.inv_freq)
@@ -811,6 +818,37 @@ def shard_model(model):
     fully_shard(model)
 
 
+def build_model(hp):
+    """The model as hp describes it, initialized from torch's current RNG state, on the default device."""
+    model = GPT(hp)
+    if hp.param_dtype == "bfloat16":
+        for p in model.parameters():
+            p.data = p.data.bfloat16() if p.ndim == 2 else p.data
+    if hp.activation_checkpointing:  # keep each block's input only; its activations are recomputed for backward
+        for block in model.blocks:
+            block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
+    return model
+
+
+def build_sharded(hp, master, device):
+    """The FSDP2 model without a full copy per process (host memory: a 13b model is ~53 GB in fp32): every process
+    builds it on the meta device, shards it and allocates its shards; rank 0 alone builds the real model (same
+    seed, so the init without FSDP) and broadcasts it into the shards."""
+    with torch.device("meta"):
+        model = build_model(hp)
+    shard_model(model)
+    model.to_empty(device=device)
+    for module in model.modules():
+        if isinstance(module, Rotary):  # a buffer, not in the state dict: recomputed, not loaded
+            module.inv_freq.copy_(module.frequencies())
+    full = {}
+    if master:
+        torch.manual_seed(hp.seed)  # as main() set it (the meta build drew nothing): the same init
+        full = build_model(hp).state_dict()
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
 def memory_estimate(hp, world, autocast_bf16):
     """Bytes per process: weights, gradients and AdamW's two moments (divided over the processes with FSDP), buffers
     (FSDP's gathered root and matrices, or DDP's gradient buckets) and the activations of one micro-batch."""
@@ -969,17 +1007,10 @@ def main(argv=None):
     print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
 
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device
-    model = GPT(hp)
-    if hp.param_dtype == "bfloat16":
-        for p in model.parameters():
-            p.data = p.data.bfloat16() if p.ndim == 2 else p.data
-    if hp.activation_checkpointing:  # keep each block's input only; its activations are recomputed for backward
-        for block in model.blocks:
-            block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
     if hp.fsdp:
-        shard_model(model)
+        model = build_sharded(hp, master, device)
     else:
-        model = model.to(device)
+        model = build_model(hp).to(device)
     raw_model = model
     optimizer = torch.optim.AdamW(raw_model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=on_cuda)
     for group in optimizer.param_groups:
@@ -1012,7 +1043,7 @@ def main(argv=None):
     resumed = f" resumed_from:{resume} at_step:{start_step}" if resume else ""
     mode = "single"
     if ddp:
-        mode = "fsdp" if hp.fsdp else "ddp"
+        mode = "fsdp init:rank0_broadcast" if hp.fsdp else "ddp"
     print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}{resumed}")
     print0(f"memory_estimate: {memory_line} (per process)")

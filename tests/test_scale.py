@@ -66,7 +66,7 @@ def test_fsdp_matches_ddp_over_two_processes(name, data, fsdp_ngpt, tmp_path):
     args = STEPS + data  # grad_clip 0.05 clips every step: the sharded gradient norm must be the global one
     ddp = run_script(name, args, tmp_path, nproc=2).stdout
     fsdp = fsdp_ngpt[1] if name == "ngpt2" else run_script(name, args + ["--fsdp=1"], tmp_path, nproc=2).stdout
-    assert "mode:fsdp" in fsdp and "mode:ddp" in ddp
+    assert "mode:fsdp init:rank0_broadcast" in fsdp and "mode:ddp" in ddp  # and the same init: the losses below
     a, b = losses(ddp, "val_loss"), losses(fsdp, "val_loss")
     assert sorted(a) == sorted(b) == [0, 3, 6] and a[6] < a[0] - 0.02, (a, b)
     assert all(abs(a[s] - b[s]) < 2e-4 for s in a), (a, b)
