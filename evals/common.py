@@ -58,11 +58,8 @@ def build_model(ckpt, device):
     hp.kernels = "torch"  # the Triton kernels need CUDA; on a GPU they are the default, as in training
     if device == "cuda" and module.triton is not None:
         hp.kernels = "triton"
-    model = module.GPT(hp)
-    if hp.param_dtype == "bfloat16":  # matrices stored in bf16, as the training script does
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.data = p.data.bfloat16()
+    hp.activation_checkpointing = 0  # nothing is kept for a backward pass here
+    model = module.build_model(hp)  # the script's own build: bf16 matrices when training stored them so
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:  # a checkpoint from an older version of the script's model
