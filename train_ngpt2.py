@@ -8,6 +8,7 @@ torchrun --standalone --nproc_per_node=8 train_ngpt2.py
 import copy
 import dataclasses
 import functools
+import gc
 import glob
 import inspect
 import json
@@ -1220,6 +1221,10 @@ def main(argv=None):
         print0(f"peak_memory:{peak_rss_kib() / 1024:.0f}MiB (process max rss)")
     if ddp:
         dist.barrier()  # no rank tears down the process group while another still uses it
+        # Free DDP's reducer while the process group is still registered: if the reducer held the last reference,
+        # gloo's destructor would run with the GIL held and could deadlock with its worker thread at exit.
+        del model
+        gc.collect()
         dist.destroy_process_group()
 
 
