@@ -5,7 +5,6 @@ python train_gpt2.py --help                          # every hyperparameter, its
 python train_ngpt2.py --n_layer=4 --device=cpu       # any field as --name=value
 torchrun --standalone --nproc_per_node=8 train_ngpt2.py
 """
-import copy
 import dataclasses
 import functools
 import gc
@@ -15,7 +14,7 @@ import json
 import math
 import os
 import platform
-import random
+import re
 import resource
 import shutil
 import signal
@@ -23,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint as recompute
@@ -63,7 +64,7 @@ class Hyperparameters:
     num_iterations: int = 4768  # optimizer steps
     val_loss_every: int = 125  # steps between validation passes (0: only at the start and the end)
     save_every: int = 1000  # steps between checkpoints (0: none, except on a signal or a non-finite loss)
-    keep_checkpoints: int = 0  # 1: keep every checkpoint as <run_id>_step<N>.pt (evals, averaging); 0: one <run_id>.pt
+    keep_checkpoints: int = 0  # 1: keep every <run_id>_step<N>.dcp checkpoint (evals, averaging); 0: the newest
     seed: int = 0  # seed of the initialization
     device: str = ""  # "cuda", "cpu" or "" (cuda when present)
     compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
@@ -72,7 +73,7 @@ class Hyperparameters:
     peak_tflops: float = 0.0  # one GPU's dense bf16 peak for MFU (0: looked up by the exact device name)
     fsdp: int = 0  # 1: shard weights, gradients and optimizer state over the processes (FSDP2); 0: DDP
     activation_checkpointing: int = 0  # 1: recompute each block's activations in the backward pass (less memory)
-    resume: str = ""  # checkpoint to continue from (a .pt file or a sharded .dcp directory), or "auto" (see run_id)
+    resume: str = ""  # checkpoint directory to continue from, or "auto": run_id's newest; this command line applies
     log_dir: str = "logs"  # where logs/<run_id>.txt and checkpoints go
     run_id: str = ""  # name of the log and checkpoint ("" picks script, seed and time; fix it for --resume=auto)
     preset: str = ""  # model shape by name (--help lists them); explicit --n_layer, --n_embd, ... flags win
@@ -663,13 +664,19 @@ def read_shard(path):
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
 
 
-def checked_shard(path, vocab_size, min_tokens):
+def checked_shard(path, min_tokens):
+    """read_shard, checked to hold min_tokens (header and size only: no scan of the tokens)."""
     tokens = read_shard(path)
     if len(tokens) < min_tokens:
         sys.exit(f"error: {path}: {len(tokens)} tokens, fewer than one batch needs ({min_tokens}); "
                  f"lower --device_batch_size or --sequence_length, or use bigger shards")
+    return tokens
+
+
+def checked_ids(tokens, vocab_size, source):
+    """tokens, checked to be valid embedding rows: a scan, done once per shard opened, not for all at start-up."""
     if len(tokens) and int(tokens.max()) >= vocab_size:
-        sys.exit(f"error: {path}: token id {int(tokens.max())} >= --vocab_size={vocab_size}; "
+        sys.exit(f"error: {source}: token id {int(tokens.max())} >= --vocab_size={vocab_size}; "
                  f"set --vocab_size to at least the tokenizer's vocabulary")
     return tokens
 
@@ -694,26 +701,28 @@ class DataLoader:
         self.rank = rank
         self.world = world
         self.vocab_size = vocab_size
-        for path in self.paths:  # fail at start-up, not hours in
-            checked_shard(path, vocab_size, self.span * world + 1)
+        for path in self.paths:  # headers and sizes at start-up, not hours in
+            checked_shard(path, self.span * world + 1)
         self.load_state(dict(epoch=0, shard=0, offset=0))
 
     def state(self):
         return dict(epoch=self.epoch, shard=self.shard, offset=self.offset)
 
     def load_state(self, state):
-        self.epoch = state.get("epoch", 0)  # checkpoints from before epochs were counted start at 0
+        self.epoch = state["epoch"]
         self.shard = state["shard"]
         self.offset = state["offset"]
-        self.tokens = checked_shard(self.paths[self.shard], self.vocab_size, self.span * self.world + 1)
+        path = self.paths[self.shard]
+        self.tokens = checked_ids(checked_shard(path, self.span * self.world + 1), self.vocab_size, path)
 
     def next_batch(self, device):
+        # checked before reading: a position saved with fewer processes or smaller batches may not fit here
+        if self.offset + self.span * self.world + 1 > len(self.tokens):  # the window does not fit: next shard
+            shard = (self.shard + 1) % len(self.paths)
+            self.load_state(dict(epoch=self.epoch + (shard == 0), shard=shard, offset=0))
         start = self.offset + self.rank * self.span
         buf = torch.from_numpy(self.tokens[start:start + self.span + 1].astype(np.int64))
         self.offset += self.span * self.world
-        if self.offset + self.span * self.world + 1 > len(self.tokens):  # next window does not fit: next shard
-            shard = (self.shard + 1) % len(self.paths)
-            self.load_state(dict(epoch=self.epoch + (shard == 0), shard=shard, offset=0))
         x = buf[:-1].view(self.batch, self.seq_len)
         y = buf[1:].view(self.batch, self.seq_len)
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -728,14 +737,15 @@ def val_batches(hp, rank, world, device):
                  f"processes = {per_step}; change --val_tokens or --device_batch_size")
     chunks, have = [], 0
     for path in shard_paths(hp.input_val_bin, "input_val_bin"):
-        chunks.append(checked_shard(path, hp.vocab_size, 2)[:hp.val_tokens + 1 - have])
+        chunks.append(checked_shard(path, 2)[:hp.val_tokens + 1 - have])
         have += len(chunks[-1])
         if have == hp.val_tokens + 1:
             break
     if have < hp.val_tokens + 1:
         sys.exit(f"error: validation shards {hp.input_val_bin} hold {have} tokens, --val_tokens={hp.val_tokens} "
                  f"needs {hp.val_tokens + 1}; lower --val_tokens")
-    tokens = torch.from_numpy(np.concatenate(chunks).astype(np.int64))
+    tokens = checked_ids(np.concatenate(chunks), hp.vocab_size, hp.input_val_bin)  # only the tokens used
+    tokens = torch.from_numpy(tokens.astype(np.int64))
     span = hp.device_batch_size * hp.sequence_length
     for start in range(rank * span, hp.val_tokens, world * span):
         x = tokens[start:start + span].view(hp.device_batch_size, hp.sequence_length)
@@ -808,13 +818,47 @@ def peak_rss_kib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def shard_model(model):
+def start_processes(hp):
+    """(ddp, rank, world, local_rank, device): one process, or torchrun's (DDP, or FSDP2 with --fsdp=1)."""
+    ddp = "RANK" in os.environ
+    device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
+    if hp.fsdp and not ddp:
+        sys.exit("error: --fsdp=1 shards over the processes torchrun starts; run under torchrun or use --fsdp=0")
+    rank, world, local_rank = 0, 1, 0
+    if ddp:
+        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if ddp:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return ddp, rank, world, local_rank, device
+
+
+def from_rank0(value):
+    """Rank 0's value on every process: one run id and one resume checkpoint for the whole job."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard_model(model, compute_bf16):
     """FSDP2: every matrix (each Linear and Embedding) is a group, gathered for its own forward and backward and
     freed after; the vectors (gains, scalers: a tiny share) stay with the root, gathered for the whole step. Not a
-    group per block: GPT's fused add + norm has each block call the next block's norm. Compute stays in autocast,
-    as with DDP, and every group holds one storage dtype, as FSDP requires."""
+    group per block: GPT's fused add + norm has each block call the next block's norm. With bf16 compute a Linear's
+    weight is gathered in bf16, so autograd keeps that gather for backward rather than a bf16 cast of an fp32 one,
+    and its gradients are reduced in fp32; embeddings and vectors are gathered as stored, as autocast uses them."""
+    linear = MixedPrecisionPolicy()
+    if compute_bf16:
+        linear = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Linear):
+            fully_shard(module, mp_policy=linear)
+        if isinstance(module, nn.Embedding):
             fully_shard(module)
     fully_shard(model)
 
@@ -831,13 +875,13 @@ def build_model(hp):
     return model
 
 
-def build_sharded(hp, master, device):
+def build_sharded(hp, master, device, compute_bf16):
     """The FSDP2 model without a full copy per process (host memory: a 13b model is ~53 GB in fp32): every process
     builds it on the meta device, shards it and allocates its shards; rank 0 alone builds the real model (same
     seed, so the init without FSDP) and broadcasts it into the shards."""
     with torch.device("meta"):
         model = build_model(hp)
-    shard_model(model)
+    shard_model(model, compute_bf16)
     model.to_empty(device=device)
     for module in model.modules():
         if isinstance(module, Rotary):  # a buffer, not in the state dict: recomputed, not loaded
@@ -850,117 +894,159 @@ def build_sharded(hp, master, device):
     return model
 
 
-def memory_estimate(hp, world, autocast_bf16):
-    """Bytes per process: weights, gradients and AdamW's two moments (divided over the processes with FSDP), buffers
-    (FSDP's gathered root and matrices, or DDP's gradient buckets) and the activations of one micro-batch."""
-    with torch.device("meta"):
-        model = GPT(hp)
+def forward_backward(model, loader, micro_batches, autocast, device):
+    """One optimizer step's gradients, accumulated over its micro-batches; returns the step's mean loss."""
+    total = torch.zeros((), device=device)
+    for micro in range(micro_batches):
+        x, y = loader.next_batch(device)
+        # DDP all-reduces once per step; FSDP reduce-scatters every micro-batch (no full gradients kept)
+        with model.no_sync() if isinstance(model, DDP) and micro < micro_batches - 1 else nullcontext():
+            with autocast:
+                loss = model(x, y) / micro_batches
+            loss.backward()
+        total += loss.detach()
+    return total
 
-    def size(params):
-        return sum(p.numel() * (2 if hp.param_dtype == "bfloat16" and p.ndim == 2 else 4) for p in params)
 
-    weights = size(model.parameters())
-    matrices = [size([m.weight]) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
-    per_block, outside = model.activation_elements()
-    tokens = hp.device_batch_size * hp.sequence_length
-    blocks_kept = hp.n_layer * per_block
-    if hp.activation_checkpointing:  # each block's input, and one block recomputed at a time
-        blocks_kept = hp.n_layer * hp.n_embd + per_block
-    est = dict(weights=weights, gradients=weights, optimizer=2 * weights, buffers=0)
-    if hp.fsdp:
-        est = {name: value / world for name, value in est.items()}
-        est["buffers"] = 2 * (weights - sum(matrices)) + 3 * max(matrices)  # the root, a matrix and its prefetch
-    elif world > 1:
-        est["buffers"] = weights  # DDP's gradient buckets
-    logit_grads = 3 * hp.vocab_size  # at the start of the backward pass the logits' gradients join the kept tensors
-    est["activations"] = tokens * (blocks_kept + outside + logit_grads) * (2 if autocast_bf16 else 4)
-    est["total"] = sum(est.values())
-    return est
+def gradient_norm(model):
+    """The global gradient norm (over every process's shards with FSDP), as clip_grad_norm_ computes it."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if isinstance(norm, DTensor):
+        return norm.full_tensor()
+    return norm
+
+
+# ---------------------------------------------------------------------------- checkpoints
+# One format for one process, DDP and FSDP: a torch.distributed.checkpoint directory per saved step,
+# <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizer (any process count and mode reads it) and
+# train_state.pt (step, loader position, train time, RNG, hyperparameters), written last.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP on one process: a mode we use
+def checkpoint_dir(hp, step):
+    return os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
 
 
 def latest_checkpoint(log_dir, run_id):
-    """The newest complete checkpoint of run_id in log_dir, or "": <run_id>.pt, <run_id>_step<N>.pt, or a
-    <run_id>_step<N>.dcp directory. Saves go to .tmp names first and sharded ones write train_state.pt last,
-    so a save cut short is never picked."""
-    prefix = os.path.join(glob.escape(log_dir), glob.escape(run_id))
-    paths = glob.glob(f"{prefix}.pt") + glob.glob(f"{prefix}_step*.pt")
-    paths += [p for p in glob.glob(f"{prefix}_step*.dcp") if os.path.isfile(os.path.join(p, "train_state.pt"))]
-    return max(paths, key=lambda p: (os.path.getmtime(p), p), default="")
+    """The complete checkpoint of run_id in log_dir with the highest step, or "". A directory is complete once its
+    train_state.pt exists; a complete <name>.tmp is a save stopped between its last two renames."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(log_dir), f"{glob.escape(run_id)}_step*.dcp*")):
+        match = re.fullmatch(rf"{re.escape(run_id)}_step(\d+)\.dcp(\.tmp)?", os.path.basename(path))
+        if match and os.path.isfile(os.path.join(path, "train_state.pt")):
+            found.append((int(match.group(1)), not match.group(2), path))  # at one step, the renamed copy first
+    return max(found, default=(0, False, ""))[2]
 
 
-def train_state(step, loader_state, hp):
-    rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-    return dict(step=step, loader=loader_state, hyperparameters=dataclasses.asdict(hp),
-                script=os.path.basename(__file__), rng=rng)
+def fsync(path):
+    """Flush a file or directory to disk: a rename is durable only once what it renames and its parent are."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def save_checkpoint(path, model, optimizer, state):
-    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), **state)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
-
-
-def save_sharded(path, model, optimizer, state, master):
-    """Every process writes its shards with torch.distributed.checkpoint into path.tmp; the master then adds
-    train_state.pt and renames the directory, so path is complete or absent."""
+def save_checkpoint(path, pieces, state, master):
+    """pieces (named state dicts) go through torch.distributed.checkpoint into path.tmp, each process writing its
+    part (fsynced); the master adds train_state.pt last and renames: path is complete or absent. A step saved
+    again keeps its old copy until the new one is complete. Collective under torchrun; evals/ uses it too."""
     tmp = f"{path}.tmp"
     if master and os.path.exists(tmp):  # left by a save that was cut short
         shutil.rmtree(tmp)
-    dist.barrier()
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save(dict(model=model_state, optimizer=optimizer_state), checkpoint_id=tmp)
+    if dist.is_initialized():
+        dist.barrier()
+    dcp.save(pieces, checkpoint_id=tmp, no_dist=not dist.is_initialized())
     if master:
-        torch.save(state, os.path.join(tmp, "train_state.pt"))
-        if os.path.exists(path):  # the same step saved again
-            shutil.rmtree(path)
+        part = os.path.join(tmp, "train_state.pt.part")
+        with open(part, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, os.path.join(tmp, "train_state.pt"))
+        fsync(tmp)
+        old = f"{path}.old"  # never read back: between the renames below the complete copy is path.tmp
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(path):
+            os.replace(path, old)
         os.replace(tmp, path)
-    dist.barrier()
+        fsync(os.path.dirname(os.path.abspath(path)))
+        shutil.rmtree(old, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
 
 
-def load_checkpoint(path, model, optimizer, hp, device):
-    """Weights and optimizer state into model and optimizer (sharded or not); returns the rest of the state."""
-    sharded = os.path.isdir(path)  # each process reads the pieces of its own shards, for any process count
-    state = torch.load(os.path.join(path, "train_state.pt") if sharded else path, map_location=device,
-                       weights_only=False)
-    if not sharded and any(isinstance(p, DTensor) for p in model.parameters()):
-        sys.exit(f"error: --resume={path} is a single-file checkpoint; resume it with --fsdp=0")
-    if not sharded and "optimizer" not in state:
-        sys.exit(f"error: --resume={path} holds weights only (an averaged checkpoint?): it can be evaluated with "
-                 f"evals/, not resumed; resume from one of the run's own checkpoints")
+def remove_other_checkpoints(hp, keep):
+    """Without --keep_checkpoints, once a save is complete the run's other checkpoints go."""
+    for path in glob.glob(os.path.join(glob.escape(hp.log_dir), f"{glob.escape(hp.run_id)}_step*.dcp*")):
+        if path != keep and re.fullmatch(rf"{re.escape(hp.run_id)}_step\d+\.dcp(\.tmp|\.old)?", os.path.basename(path)):
+            shutil.rmtree(path)
+
+
+def train_state(step, loader_state, hp, train_time_ms, timed_steps):
+    rng = dict(torch=torch.get_rng_state())
+    if torch.cuda.is_available():  # this process's GPU only: a machine that sees fewer GPUs restores it too
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
+                hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
+
+
+def read_train_state(path):
+    """A checkpoint directory's train_state.pt, or a one-line error naming what to pass instead."""
+    state_path = os.path.join(path, "train_state.pt")
+    if not os.path.isfile(state_path):
+        sys.exit(f"error: {path}: not a complete checkpoint (a <run_id>_step<N>.dcp directory holding train_state.pt); "
+                 f"pass one of those, or --resume=auto with the run's --run_id and --log_dir")
+    return torch.load(state_path, map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(path, model, optimizer, hp):
+    """A checkpoint's weights and optimizer moments into model and optimizer, resharded to this run's processes
+    and mode. The optimizer's settings (learning rates, weight decay, betas) stay this command line's. Returns
+    the train state."""
+    state = read_train_state(path)
+    if "averaged_from" in state or "train_time_ms" not in state:
+        sys.exit(f"error: --resume={path} holds weights only (an averaged checkpoint) or comes from an older version "
+                 f"of this script: evaluate it with evals/; resume from one of the run's own checkpoints")
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    pieces = dict(model=model_state, optimizer=optimizer_state)
     try:
-        if sharded:
-            model_state, optimizer_state = get_state_dict(model, optimizer)
-            pieces = dict(model=model_state, optimizer=optimizer_state)
-            dcp.load(pieces, checkpoint_id=path)
-            set_state_dict(model, optimizer, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
-            return state
-        model.load_state_dict(state["model"])
-    except (RuntimeError, ValueError) as err:  # a different model size or the other script's checkpoint
+        dcp.load(pieces, checkpoint_id=path, no_dist=not dist.is_initialized())
+    except (RuntimeError, ValueError, CheckpointException) as err:  # another model size, or the other script's
         saved = {k: v for k, v in state["hyperparameters"].items() if getattr(hp, k, None) != v}
         sys.exit(f"error: --resume={path} does not fit this model ({str(err).strip().splitlines()[-1].strip()}); "
                  f"it was saved with {saved}")
-    optimizer.load_state_dict(state["optimizer"])
+    set_state_dict(model, optimizer, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
+    for group, setting in zip(optimizer.param_groups, settings):
+        group.update(setting)  # the checkpoint brings moments and step counts, the command line the settings
+    if dist.is_initialized():  # every process must continue from the same step
+        steps = [None] * dist.get_world_size()
+        dist.all_gather_object(steps, state["step"])
+        if len(set(steps)) > 1:
+            sys.exit(f"error: the processes read different steps {steps} from {path}; is the filesystem shared?")
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
     return state
+
+
+def resume_changes(hp, state):
+    """Hyperparameters given now that differ from the checkpoint's (they apply from here on)."""
+    saved = state["hyperparameters"]
+    changed = [f"{k}:{saved[k]}->{v}" for k, v in dataclasses.asdict(hp).items() if k in saved and saved[k] != v
+               and k != "resume"]
+    return " ".join(changed) or "none"
+
+
+def out_of_memory_hint(hp, world):
+    return (f"error: out of GPU memory at device_batch_size={hp.device_batch_size} sequence_length="
+            f"{hp.sequence_length} processes={world} fsdp={hp.fsdp} activation_checkpointing="
+            f"{hp.activation_checkpointing}; lower --device_batch_size (batch_size stays: more micro-batches), add "
+            f"--activation_checkpointing=1 or --fsdp=1, or use more GPUs. tune/memory.py estimates the memory first")
 
 
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
-    ddp = "RANK" in os.environ  # started by torchrun: DDP, or FSDP with --fsdp=1
-    device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
-    rank, world, local_rank = 0, 1, 0
-    if ddp:
-        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    if hp.fsdp and not ddp:
-        sys.exit("error: --fsdp=1 shards over the processes torchrun starts; run under torchrun or use --fsdp=0")
-    if ddp:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    ddp, rank, world, local_rank, device = start_processes(hp)
     master = rank == 0
     on_cuda = device.startswith("cuda")
     if not hp.kernels:
@@ -970,31 +1056,23 @@ def main(argv=None):
         sys.exit(f"error: batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
                  f"{hp.device_batch_size} * {world}; change --batch_size or --device_batch_size")
     micro_batches = hp.batch_size // (hp.device_batch_size * world)
-    autocast = nullcontext()  # fp32 on CPU, unless the matrices are stored in bf16
-    if on_cuda:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    elif hp.param_dtype == "bfloat16":
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    memory = memory_estimate(hp, world, on_cuda or hp.param_dtype == "bfloat16")
-    memory_line = " ".join(f"{k}:{v / 2**20:.1f}MiB" for k, v in memory.items())
-    if on_cuda and memory["total"] > 0.95 * torch.cuda.get_device_properties(device).total_memory:
-        capacity = torch.cuda.get_device_properties(device).total_memory
-        sys.exit(f"error: this run needs about {memory['total'] / 2**30:.1f} GiB per GPU ({memory_line}), the GPU has "
-                 f"{capacity / 2**30:.1f} GiB; lower --device_batch_size, add --activation_checkpointing=1 or "
-                 f"--fsdp=1 (or more GPUs), or pick a smaller --preset")
+    compute_bf16 = on_cuda or hp.param_dtype == "bfloat16"  # else fp32 on CPU
+    autocast = nullcontext()
+    if compute_bf16:
+        autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16)
 
+    # ------------------------------------------------------------------------ run id, log, resume
     script = os.path.basename(__file__)
-    if not hp.run_id:
-        hp.run_id = f"{os.path.splitext(script)[0]}_s{hp.seed}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    if not hp.run_id:  # made on rank 0: every process of the job writes into the same run
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+        hp.run_id = from_rank0(f"{os.path.splitext(script)[0]}_s{hp.seed}_{stamp}")
     os.makedirs(hp.log_dir, exist_ok=True)
-    log_path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
-    ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}.pt")  # the latest; with keep_checkpoints, the step's own file
     resume = hp.resume
-    if resume == "auto":  # the newest complete checkpoint of this run_id, or a fresh start
-        resume = latest_checkpoint(hp.log_dir, hp.run_id)
-    if resume and not os.path.exists(resume):
-        sys.exit(f"error: --resume={resume}: no such checkpoint")
-    log_file = open(log_path, "a" if resume else "w") if master else None  # a continued run keeps its log
+    if resume == "auto":  # chosen on rank 0: on a shared filesystem another node's listing can lag
+        resume = from_rank0(latest_checkpoint(hp.log_dir, hp.run_id))
+    log_file = None
+    if master:  # a continued run keeps its log
+        log_file = open(os.path.join(hp.log_dir, f"{hp.run_id}.txt"), "a" if resume else "w")
 
     def print0(s, console=True):
         if master:
@@ -1009,7 +1087,7 @@ def main(argv=None):
 
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device
     if hp.fsdp:
-        model = build_sharded(hp, master, device)
+        model = build_sharded(hp, master, device, compute_bf16)
     else:
         model = build_model(hp).to(device)
     raw_model = model
@@ -1018,15 +1096,17 @@ def main(argv=None):
         group["peak_lr"] = group["lr"]
     train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size)
     start_step = 0
+    train_time_ms = 0.0  # both continue across a resume
+    timed_steps = 0
+    saved_steps = set()  # a step is saved once
     if resume:
-        ckpt = load_checkpoint(resume, raw_model, optimizer, hp, device)
-        train_loader.load_state(ckpt["loader"])
-        start_step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # map_location moved it; RNG states live on the CPU
-        np.random.set_state(ckpt["rng"]["numpy"])
-        random.setstate(ckpt["rng"]["python"])
-        if on_cuda and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all([state.cpu() for state in ckpt["rng"]["cuda"]])
+        state = load_checkpoint(resume, raw_model, optimizer, hp)
+        start_step = state["step"]
+        train_loader.load_state(state["loader"])
+        train_time_ms = state["train_time_ms"]
+        timed_steps = state["timed_steps"]
+        if os.path.abspath(resume) == os.path.abspath(checkpoint_dir(hp, start_step)):
+            saved_steps.add(start_step)
     # compile the inner module, then wrap it in DDP (PyTorch's "Where to apply torch.compile?"): dynamo compiles
     # it inside DDP's forward, sees the DDP module and splits the graph at DDP's gradient buckets (DDPOptimizer,
     # default bucket_cap_mb=25), so each bucket's all-reduce overlaps the rest of the backward pass
@@ -1041,13 +1121,14 @@ def main(argv=None):
            f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
     print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
     print0(f"model_config:{json.dumps(cfg)}")
-    resumed = f" resumed_from:{resume} at_step:{start_step}" if resume else ""
     mode = "single"
     if ddp:
         mode = "fsdp init:rank0_broadcast" if hp.fsdp else "ddp"
     print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
-           f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}{resumed}")
-    print0(f"memory_estimate: {memory_line} (per process)")
+           f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
+    if resume:
+        print0(f"resumed_from:{resume} at_step:{start_step} train_time:{train_time_ms:.0f}ms")
+        print0(f"resume_changes: {resume_changes(hp, state)}")
     tokens_per_step = hp.batch_size * hp.sequence_length
     model_flops = flops_per_token(cfg, hp)
     peak = peak_flops(hp, torch.cuda.get_device_name() if on_cuda else "cpu")
@@ -1057,24 +1138,6 @@ def main(argv=None):
         print0(f"mfu_peak:unknown for {torch.cuda.get_device_name()} (no mfu in the log; set --peak_tflops)")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    if use_compile:  # compile before the clock starts: a few real steps, then back to the state they began from
-        t0 = time.perf_counter()
-        start_state = copy.deepcopy(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                                         loader=train_loader.state()))
-        for _ in range(3):
-            x, y = train_loader.next_batch(device)
-            with autocast:
-                loss = model(x, y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            raw_model.post_step()
-        raw_model.load_state_dict(start_state["model"])
-        optimizer.load_state_dict(start_state["optimizer"])
-        train_loader.load_state(start_state["loader"])
-        del start_state  # a full copy of the model and optimizer state: not kept for the whole run
-        print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
 
     def evaluate():
         model.eval()
@@ -1089,80 +1152,87 @@ def main(argv=None):
         return loss.item()
 
     def checkpoint(step, loader_state, why):
-        nonlocal ckpt_path
-        state = train_state(step, loader_state, hp)
-        if hp.fsdp:  # sharded: a directory per step; without keep_checkpoints the older ones go once it is complete
-            ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
-            save_sharded(ckpt_path, raw_model, optimizer, state, master)
-            for path in glob.glob(os.path.join(glob.escape(hp.log_dir), f"{glob.escape(hp.run_id)}_step*.dcp")):
-                if master and not hp.keep_checkpoints and path != ckpt_path:
-                    shutil.rmtree(path)
-        else:
-            if hp.keep_checkpoints:
-                ckpt_path = os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.pt")
-            if master:
-                save_checkpoint(ckpt_path, raw_model, optimizer, state)
-        print0(f"checkpoint:{ckpt_path} step:{step} reason:{why}")
+        path = checkpoint_dir(hp, step)
+        if step in saved_steps:  # this very state is on disk: a signal right after a periodic save or a resume
+            print0(f"checkpoint:{path} step:{step} reason:{why} (already saved)")
+            return path
+        model_state, optimizer_state = get_state_dict(raw_model, optimizer)
+        state = train_state(step, loader_state, hp, train_time_ms, timed_steps)
+        save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
+        saved_steps.add(step)
+        if master and not hp.keep_checkpoints:
+            remove_other_checkpoints(hp, path)
+        print0(f"checkpoint:{path} step:{step} reason:{why}")
+        return path
 
-    train_time_ms = 0.0
-    timed_steps = 0
-    epoch = train_loader.epoch
-    for step in range(start_step, hp.num_iterations + 1):
-        last_step = step == hp.num_iterations
-        step_avg = train_time_ms / max(1, timed_steps)
-        if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
-            print0(f"step:{step}/{hp.num_iterations} val_loss:{evaluate():.4f} "
-                   f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms")
-        if last_step:
-            break
-        if hp.save_every and step > start_step and step % hp.save_every == 0:
-            checkpoint(step, train_loader.state(), "save_every")
+    def stop_if_signalled(step):  # checked before every validation and save, so a signal never waits on them
         stop = torch.tensor(float(stop_signal), device=device)
         if ddp:
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if stop.item():
-            checkpoint(step, train_loader.state(), f"signal {int(stop.item())}")
-            print0(f"stopped by signal {int(stop.item())} at step {step}; continue with --resume={ckpt_path}")
+            path = checkpoint(step, train_loader.state(), f"signal {int(stop.item())}")
+            print0(f"stopped by signal {int(stop.item())} at step {step}; continue with --resume={path}")
             sys.exit(128 + int(stop.item()))
 
-        t0 = time.perf_counter()
-        loader_state = train_loader.state()
-        for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * lr_multiplier(step, hp)
-        train_loss = torch.zeros((), device=device)
-        for micro in range(micro_batches):
-            x, y = train_loader.next_batch(device)
-            # DDP all-reduces once per step; FSDP reduce-scatters every micro-batch (no full gradients kept)
-            with model.no_sync() if isinstance(model, DDP) and micro < micro_batches - 1 else nullcontext():
-                with autocast:
-                    loss = model(x, y) / micro_batches
-                loss.backward()
-            train_loss += loss.detach()
-        if ddp:
-            dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
-        if not math.isfinite(train_loss.item()):  # weights are still those of the last good step
-            checkpoint(step, loader_state, "non-finite loss")
-            print0(f"error: train_loss is {train_loss.item()} at step {step + 1}; last good state saved to "
-                   f"{ckpt_path}. Lower --learning_rate or --grad_clip and continue with --resume")
-            sys.exit(1)
-        if hp.grad_clip:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), hp.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        raw_model.post_step()
-        if on_cuda:
-            torch.cuda.synchronize()
-        train_time_ms += 1000 * (time.perf_counter() - t0)
-        timed_steps += 1
-        step_avg = train_time_ms / timed_steps
-        tokens_per_s = tokens_per_step / (step_avg / 1000)
-        mfu = f" mfu:{100 * model_flops * tokens_per_s / (peak * world):.1f}%" if peak else ""
-        print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} "
-               f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
-        if train_loader.epoch > epoch:  # the loader wrapped to its first shard: from here on the data repeats
-            epoch = train_loader.epoch
-            print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of {hp.input_bin}; "
-                   f"training data repeats from here)")
+    # ------------------------------------------------------------------------ training
+    try:
+        if use_compile:  # compile before the clock starts: forward and backward only, so no state changes
+            t0 = time.perf_counter()
+            loader_state = train_loader.state()
+            for _ in range(2):
+                forward_backward(model, train_loader, micro_batches, autocast, device)
+                optimizer.zero_grad(set_to_none=True)
+            train_loader.load_state(loader_state)
+            print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
+        epoch = train_loader.epoch
+        for step in range(start_step, hp.num_iterations + 1):
+            last_step = step == hp.num_iterations
+            stop_if_signalled(step)
+            if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
+                val_loss = evaluate()
+                print0(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
+                       f"step_avg:{train_time_ms / max(1, timed_steps):.2f}ms")
+                stop_if_signalled(step)
+            if last_step:
+                break
+            if hp.save_every and step > start_step and step % hp.save_every == 0:
+                checkpoint(step, train_loader.state(), "save_every")
+
+            t0 = time.perf_counter()
+            loader_state = train_loader.state()
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak_lr"] * lr_multiplier(step, hp)
+            train_loss = forward_backward(model, train_loader, micro_batches, autocast, device)
+            if ddp:
+                dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
+            grad_norm = gradient_norm(raw_model)
+            if not (math.isfinite(train_loss.item()) and math.isfinite(grad_norm.item())):  # weights: last good step
+                path = checkpoint(step, loader_state, "non-finite loss or gradient")
+                print0(f"error: train_loss is {train_loss.item()} and grad_norm {grad_norm.item()} at step {step + 1}; "
+                       f"the last good state is in {path}. Lower --learning_rate or --grad_clip and continue with "
+                       f"--resume={path}: the new values apply")
+                sys.exit(1)
+            if hp.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(raw_model.parameters(), hp.grad_clip, grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            raw_model.post_step()
+            if on_cuda:
+                torch.cuda.synchronize()
+            train_time_ms += 1000 * (time.perf_counter() - t0)
+            timed_steps += 1
+            step_avg = train_time_ms / timed_steps
+            tokens_per_s = tokens_per_step / (step_avg / 1000)
+            mfu = f" mfu:{100 * model_flops * tokens_per_s / (peak * world):.1f}%" if peak else ""
+            print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} grad_norm:"
+                   f"{grad_norm.item():.4f} train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms "
+                   f"tokens_per_s:{tokens_per_s:.0f}{mfu}")
+            if train_loader.epoch > epoch:  # the loader wrapped to its first shard in this step: the data repeats
+                epoch = train_loader.epoch
+                print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of "
+                       f"{hp.input_bin}; training data repeats from here)")
+    except torch.OutOfMemoryError:
+        sys.exit(out_of_memory_hint(hp, world))
 
     if hp.save_every:
         checkpoint(hp.num_iterations, train_loader.state(), "end")

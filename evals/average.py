@@ -1,7 +1,8 @@
 """Average several checkpoints of one run into a checkpoint the other eval tools load.
 
     python train_ngpt2.py ... --save_every=250 --keep_checkpoints=1
-    python evals/average.py logs/RUN_step004250.pt logs/RUN_step004500.pt logs/RUN_step004768.pt --out logs/RUN_avg.pt
+    python evals/average.py logs/RUN_step004250.dcp logs/RUN_step004500.dcp logs/RUN_step004768.dcp \
+        --out logs/RUN_avg.dcp
 
 Weights are averaged in float32 and stored in their saved dtype. Then the script's own post-step constraint is
 applied: for nGPT the average of unit vectors is not a unit vector, so every normalized matrix is put back on the
@@ -12,8 +13,6 @@ of an averaged checkpoint are logged as eval:NAME_avg.
 import argparse
 import os
 import sys
-
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import build_model, read_checkpoint  # noqa: E402
@@ -42,34 +41,30 @@ def average(paths, out):
     ckpts = [read_checkpoint(path) for path in paths]
     check_same_run(paths, ckpts)
     first = ckpts[0]
-    state = {}
-    for name, tensor in first["model"].items():
-        mean = sum(ckpt["model"][name].float() for ckpt in ckpts) / len(ckpts)
-        state[name] = mean.to(tensor.dtype)
-    merged = dict(model=state, step=max(int(c["step"]) for c in ckpts), hyperparameters=first["hyperparameters"],
+    weights = [build_model(path, ckpt, "cpu")[2].state_dict() for path, ckpt in zip(paths, ckpts)]
+    module, _, model = build_model(paths[0], first, "cpu")
+    state = {name: (sum(w[name].float() for w in weights) / len(weights)).to(t.dtype) for name, t in weights[0].items()}
+    model.load_state_dict(state)
+    model.post_step()  # the script's own constraint after every optimizer step (nGPT: unit-norm matrices)
+    merged = dict(step=max(int(c["step"]) for c in ckpts), hyperparameters=first["hyperparameters"],
                   script=first["script"], averaged_from=[os.path.abspath(p) for p in paths],
                   averaged_steps=[int(c["step"]) for c in ckpts])
-    _, _, model = build_model(merged, "cpu")
-    model.post_step()  # the script's own constraint after every optimizer step (nGPT: unit-norm matrices)
-    merged["model"] = model.state_dict()
-    tmp = f"{out}.tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    torch.save(merged, tmp)
-    os.replace(tmp, out)
+    module.save_checkpoint(out, dict(model=model.state_dict()), merged, True)  # the training script's own format
     print(f"averaged {len(paths)} checkpoints of {first['script']} (steps {merged['averaged_steps']}) -> {out}")
     if hasattr(model, "normalized_matrices"):
         print(f"renormalized {len(model.normalized_matrices())} matrices to unit norm with {first['script']}'s "
               f"post_step() (the average of unit vectors is not a unit vector)")
     else:
         print(f"no renormalization: {first['script']} keeps no constraint on its weights")
-    return merged
+    return dict(merged, model=model.state_dict())
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help=".pt checkpoints of one run (e.g. --keep_checkpoints=1 files)")
-    p.add_argument("--out", required=True, help="where to write the averaged checkpoint")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint directories of one run (--keep_checkpoints=1 keeps them)")
+    p.add_argument("--out", required=True, help="the checkpoint directory to write (e.g. logs/RUN_avg.dcp)")
     args = p.parse_args(argv)
     return average(args.checkpoints, args.out)
 

@@ -11,6 +11,8 @@ import sys
 from contextlib import nullcontext
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,20 +39,23 @@ def pick_device(device):
 
 
 def read_checkpoint(path):
-    """The checkpoint dict (on the CPU), checked to come from one of the training scripts."""
-    if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no such checkpoint; train with --save_every=N (and --keep_checkpoints=1)")
+    """The train state of a checkpoint directory (<run_id>_step<N>.dcp), checked to come from a training script."""
+    state_path = os.path.join(path, "train_state.pt")
+    if not os.path.isfile(state_path):
+        sys.exit(f"error: {path}: not a checkpoint (a <run_id>_step<N>.dcp directory holding train_state.pt); "
+                 f"train with --save_every=N (and --keep_checkpoints=1 to keep every one)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(state_path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        sys.exit(f"error: {path} is not a readable checkpoint ({str(exc).splitlines()[0]})")
-    if not isinstance(ckpt, dict) or ckpt.get("script") not in SCRIPTS or "model" not in ckpt:
-        sys.exit(f"error: {path} is not a checkpoint of {' or '.join(SCRIPTS)} (no 'script' and 'model' entries)")
+        sys.exit(f"error: {state_path} is not readable ({str(exc).splitlines()[0]})")
+    if not isinstance(ckpt, dict) or ckpt.get("script") not in SCRIPTS or "hyperparameters" not in ckpt:
+        sys.exit(f"error: {path} is not a checkpoint of {' or '.join(SCRIPTS)} (no 'script' and 'hyperparameters')")
     return ckpt
 
 
-def build_model(ckpt, device):
-    """(module, hp, model): the checkpoint's own script builds GPT(hp) as training did, then loads the weights."""
+def build_model(path, ckpt, device):
+    """(module, hp, model): the checkpoint's own script builds GPT(hp) as training did, then reads the weights with
+    torch.distributed.checkpoint in this one process (from any number of training processes' shards)."""
     module = importlib.import_module(os.path.splitext(ckpt["script"])[0])
     names = {f.name for f in dataclasses.fields(module.Hyperparameters)}
     hp = module.Hyperparameters(**{k: v for k, v in ckpt["hyperparameters"].items() if k in names})
@@ -60,11 +65,13 @@ def build_model(ckpt, device):
         hp.kernels = "triton"
     hp.activation_checkpointing = 0  # nothing is kept for a backward pass here
     model = module.build_model(hp)  # the script's own build: bf16 matrices when training stored them so
+    weights = model.state_dict()
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:  # a checkpoint from an older version of the script's model
-        sys.exit(f"error: the checkpoint does not fit {ckpt['script']}'s current model "
-                 f"({str(err).splitlines()[1].strip()}); evaluate it with the version of the repo that wrote it")
+        dcp.load(dict(model=weights), checkpoint_id=path, no_dist=True)
+    except (RuntimeError, ValueError, CheckpointException) as err:  # an older version of the script's model
+        sys.exit(f"error: the checkpoint {path} does not fit {ckpt['script']}'s current model "
+                 f"({str(err).strip().splitlines()[-1].strip()}); evaluate it with the repo version that wrote it")
+    model.load_state_dict(weights)
     return module, hp, model.to(device).eval()
 
 
@@ -75,10 +82,10 @@ class Loaded:
         self.path = path
         self.device = pick_device(device)
         self.ckpt = read_checkpoint(path)
-        self.module, self.hp, self.model = build_model(self.ckpt, self.device)
+        self.module, self.hp, self.model = build_model(path, self.ckpt, self.device)
         self.step = int(self.ckpt.get("step", 0))
         self.tokens = self.step * self.hp.batch_size * self.hp.sequence_length
-        self.name = os.path.basename(path)
+        self.name = os.path.basename(os.path.normpath(path))
 
     def autocast(self):
         """The training script's precision: bf16 autocast on CUDA, or on CPU when the matrices are bf16."""

@@ -1,6 +1,7 @@
 """Validation loss, perplexity and bits per byte at several context lengths, for one or more checkpoints.
 
-    python evals/extrapolate.py logs/ab/train_gpt2_*.pt logs/ab/train_ngpt2_*.pt --lengths 256,512,1024,2048,4096
+    python evals/extrapolate.py logs/ab/gpt2_s0_step004768.dcp logs/ab/ngpt2_s0_step004768.dcp \
+        --lengths 256,512,1024,2048,4096
 
 Every length reads the same validation tokens (default: the checkpoint's val_tokens from its input_val_bin),
 cut into windows of that many tokens; a tail shorter than a window is left out. At the training length this is
@@ -29,13 +30,14 @@ def val_tokens(loaded, pattern, count):
     module, hp = loaded.module, loaded.hp
     chunks, have = [], 0
     for path in module.shard_paths(pattern, "input_val_bin"):
-        chunks.append(module.checked_shard(path, hp.vocab_size, 2)[:count + 1 - have])
+        chunks.append(module.checked_shard(path, 2)[:count + 1 - have])
         have += len(chunks[-1])
         if have == count + 1:
             break
     if have < count + 1:
         sys.exit(f"error: validation shards {pattern} hold {have} tokens, {count + 1} needed; lower --val_tokens")
-    return torch.from_numpy(np.concatenate(chunks).astype(np.int64))
+    tokens = module.checked_ids(np.concatenate(chunks), hp.vocab_size, pattern)
+    return torch.from_numpy(tokens.astype(np.int64))
 
 
 def val_loss(loaded, tokens, ctx, batch_tokens):
@@ -89,7 +91,7 @@ def plot(results, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help=".pt checkpoints of train_gpt2.py or train_ngpt2.py")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint directories (<run_id>_step<N>.dcp) of either script")
     p.add_argument("--lengths", default="", help="comma-separated context lengths (default: the training length "
                    "times 1/2, 1, 2, 4, 8)")
     p.add_argument("--val_bin", default="", help="glob of validation shards (default: the checkpoint's input_val_bin)")

@@ -1,8 +1,8 @@
 """EleutherAI's lm-evaluation-harness on a checkpoint of train_gpt2.py or train_ngpt2.py.
 
     pip install -r evals/requirements.txt
-    python evals/harness.py logs/RUN.pt --tasks hellaswag,arc_easy,piqa,winogrande,lambada_openai
-    python evals/harness.py logs/RUN.pt --tasks my_task --include_path my_tasks/ --limit 100
+    python evals/harness.py logs/RUN_step004768.dcp --tasks hellaswag,arc_easy,piqa,winogrande,lambada_openai
+    python evals/harness.py logs/RUN_step004768.dcp --tasks my_task --include_path my_tasks/ --limit 100
 
 The harness downloads each task's data through Hugging Face datasets on first use. A small lm_eval LM subclass
 scores requests with the model's own forward pass: loglikelihood (context + continuation, cut from the left to
@@ -116,7 +116,7 @@ def log_rows(results):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt checkpoint of train_gpt2.py or train_ngpt2.py")
+    p.add_argument("checkpoint", help="a checkpoint directory (<run_id>_step<N>.dcp) of either script")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--limit", type=int, default=0, help="only the first N documents of each task (0: all)")
     p.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (default: the task's)")

@@ -1,7 +1,7 @@
 """HellaSwag accuracy of a checkpoint of train_gpt2.py or train_ngpt2.py (the validation set, 10,042 items).
 
-    python evals/hellaswag.py logs/RUN.pt                    # downloads data/hellaswag/hellaswag_val.jsonl once
-    python evals/hellaswag.py logs/RUN.pt --limit 500 --tokenizer spm:data/tiny/tiny_spm2048.model
+    python evals/hellaswag.py logs/RUN_step004768.dcp      # downloads data/hellaswag/hellaswag_val.jsonl once
+    python evals/hellaswag.py logs/RUN_step004768.dcp --limit 500 --tokenizer spm:data/tiny/tiny_spm2048.model
 
 Each ending is scored as the log-likelihood of its tokens given the context: context tokens = encode(ctx), ending
 tokens = encode(" " + ending), concatenated (a context is cut from the left when the pair is longer than the
@@ -106,7 +106,7 @@ def accuracy(items, scores):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt checkpoint of train_gpt2.py or train_ngpt2.py")
+    p.add_argument("checkpoint", help="a checkpoint directory (<run_id>_step<N>.dcp) of either script")
     p.add_argument("--data", default=DEFAULT_DATA, help="the HellaSwag jsonl; downloaded here when missing")
     p.add_argument("--url", default=os.environ.get("HELLASWAG_URL", URL), help="where to download it from "
                    "(default: $HELLASWAG_URL or the upstream file)")

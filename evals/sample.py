@@ -1,7 +1,7 @@
 """Text samples from a checkpoint of train_gpt2.py or train_ngpt2.py; the same seed gives the same text.
 
-    python evals/sample.py logs/RUN.pt --prompt "The meaning of life is"
-    python evals/sample.py logs/RUN.pt --prompt "def " --tokenizer spm:data/tiny/tiny_spm2048.model --seed 1
+    python evals/sample.py logs/RUN_step004768.dcp --prompt "The meaning of life is"
+    python evals/sample.py logs/RUN_step004768.dcp --prompt "def " --tokenizer spm:data/tiny/tiny_spm2048.model --seed 1
 
 The prompt starts a document (the tokenizer's document-start token comes first, as in the training data);
 generation stops early when the model starts a new document.
@@ -29,7 +29,7 @@ def sample(loaded, tok, prompt, max_new_tokens, temperature, top_k, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt checkpoint of train_gpt2.py or train_ngpt2.py")
+    p.add_argument("checkpoint", help="a checkpoint directory (<run_id>_step<N>.dcp) of either script")
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max_new_tokens", type=int, default=100, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")

@@ -61,7 +61,7 @@ def runs(corpus, tmp_path_factory):
 
 def ckpt(runs, name, step=30):
     log_dir, run_id = runs[name]
-    return os.path.join(log_dir, f"{run_id}_step{step:06d}.pt")
+    return os.path.join(log_dir, f"{run_id}_step{step:06d}.dcp")
 
 
 def log_text(runs, name):
@@ -99,10 +99,13 @@ def test_tokenizer_larger_than_the_vocab_is_a_one_line_error(runs, name, capsys)
 
 
 def test_not_a_checkpoint_is_a_one_line_error(tmp_path):
-    path = tmp_path / "x.pt"
-    torch.save({"weights": 1}, path)
+    (tmp_path / "x.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit, match=r"x.pt: not a checkpoint \(a <run_id>_step<N>.dcp directory"):
+        common.Loaded(str(tmp_path / "x.pt"), "cpu")
+    (tmp_path / "x.dcp").mkdir()
+    torch.save({"weights": 1}, tmp_path / "x.dcp" / "train_state.pt")
     with pytest.raises(SystemExit, match="is not a checkpoint of train_gpt2.py or train_ngpt2.py"):
-        common.Loaded(str(path), "cpu")
+        common.Loaded(str(tmp_path / "x.dcp"), "cpu")
 
 
 # ---------------------------------------------------------------------------- hellaswag
@@ -228,9 +231,9 @@ def test_sampling_with_the_gpt2_tokenizer(tmp_path):
     import train_gpt2
     hp = train_gpt2.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--mup_base_width=32"])
     torch.manual_seed(0)
-    path = tmp_path / "untrained.pt"
-    torch.save(dict(model=train_gpt2.GPT(hp).state_dict(), step=0, hyperparameters=vars(hp), script="train_gpt2.py"),
-               path)
+    path = tmp_path / "untrained.dcp"
+    train_gpt2.save_checkpoint(str(path), dict(model=train_gpt2.GPT(hp).state_dict()),
+                               dict(step=0, hyperparameters=vars(hp), script="train_gpt2.py"), True)
     args = [str(path), "--prompt", "Hello, world", "--max_new_tokens=8", "--temperature=1.0"]
     assert sample.main(args + ["--seed=1"]) == sample.main(args + ["--seed=1"])
     assert sample.main(args + ["--seed=1"])[0].startswith("Hello, world")
@@ -240,8 +243,8 @@ def test_sampling_with_the_gpt2_tokenizer(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_averaging_a_checkpoint_with_itself_changes_nothing(runs, name, tmp_path, capsys):
     path = ckpt(runs, name)
-    merged = average.main([path, path, "--out", str(tmp_path / "avg.pt")])
-    saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    merged = average.main([path, path, "--out", str(tmp_path / "avg.dcp")])
+    saved = common.Loaded(path, "cpu").model.state_dict()
     for key, tensor in saved.items():
         if name == "gpt2":
             assert torch.equal(merged["model"][key], tensor), key
@@ -252,11 +255,11 @@ def test_averaging_a_checkpoint_with_itself_changes_nothing(runs, name, tmp_path
 
 
 def test_averaged_ngpt_has_unit_norm_matrices_and_loads_in_the_tools(runs, corpus, tmp_path, capsys):
-    out = tmp_path / "avg.pt"
+    out = tmp_path / "avg.dcp"
     average.main([ckpt(runs, "ngpt2", 15), ckpt(runs, "ngpt2", 30), "--out", str(out)])
     loaded = common.Loaded(str(out), "cpu")
-    a = torch.load(ckpt(runs, "ngpt2", 15), weights_only=False)["model"]["embed.weight"]
-    b = torch.load(ckpt(runs, "ngpt2", 30), weights_only=False)["model"]["embed.weight"]
+    a = common.Loaded(ckpt(runs, "ngpt2", 15), "cpu").model.embed.weight
+    b = common.Loaded(ckpt(runs, "ngpt2", 30), "cpu").model.embed.weight
     assert (a + b).div(2).norm(dim=1).sub(1).abs().max() > 1e-3  # the plain average is off the sphere
     for matrix, dim in loaded.model.normalized_matrices():
         torch.testing.assert_close(matrix.norm(dim=dim), torch.ones(matrix.shape[1 - dim]), rtol=0, atol=1e-5)
@@ -266,7 +269,7 @@ def test_averaged_ngpt_has_unit_norm_matrices_and_loads_in_the_tools(runs, corpu
 
 
 def test_resuming_an_averaged_checkpoint_is_a_one_line_error(runs, corpus, tmp_path):
-    out = tmp_path / "avg.pt"
+    out = tmp_path / "avg.dcp"
     average.main([ckpt(runs, "gpt2", 15), ckpt(runs, "gpt2", 30), "--out", str(out)])
     cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), *TRAIN, f"--log_dir={tmp_path}", f"--resume={out}",
            f"--input_bin={corpus[0]}/tiny_train_*.bin", f"--input_val_bin={corpus[0]}/tiny_val_*.bin"]
@@ -276,7 +279,7 @@ def test_resuming_an_averaged_checkpoint_is_a_one_line_error(runs, corpus, tmp_p
 
 def test_averaging_two_runs_of_different_configs_is_a_clear_error(runs, tmp_path):
     with pytest.raises(SystemExit, match="error: .* was written by train_ngpt2.py"):
-        average.main([ckpt(runs, "gpt2"), ckpt(runs, "ngpt2"), "--out", str(tmp_path / "x.pt")])
+        average.main([ckpt(runs, "gpt2"), ckpt(runs, "ngpt2"), "--out", str(tmp_path / "x.dcp")])
 
 
 # ---------------------------------------------------------------------------- lm-evaluation-harness

@@ -1,6 +1,8 @@
-"""Scaling features on CPU (gloo): presets, FSDP2 against DDP, sharded checkpoints, --resume=auto, memory estimate."""
+"""Scaling and surviving clusters on CPU (gloo): presets, FSDP2 against DDP, one checkpoint format that resumes in any
+mode and process count, --resume=auto, resuming with new flags, signals, re-saves, train time across resumes."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,20 +54,44 @@ def test_explicit_flags_win_over_the_preset_in_any_order():
         train_gpt2.main(["--fsdp=1"])
 
 
+def run_dir(logs):
+    """(log text, {step: checkpoint dir}) of the one run in logs, whatever its run id."""
+    (log,) = logs.glob("*.txt")
+    return log.read_text(), {int(p.name[-10:-4]): p for p in logs.glob(f"{log.stem}_step*.dcp")}
+
+
 @pytest.fixture(scope="module")
 def fsdp_ngpt(data, tmp_path_factory):
-    """A 2-process FSDP2 nGPT run that keeps its sharded checkpoints at steps 3 and 6."""
+    """A 2-process FSDP2 nGPT run with no --run_id (rank 0 names it), keeping its checkpoints at steps 3 and 6."""
     logs = tmp_path_factory.mktemp("fsdp")
-    out = run_script("ngpt2", STEPS + data + ["--fsdp=1", "--save_every=3", "--keep_checkpoints=1", "--run_id=fsdp"],
-                     logs, nproc=2)
+    out = run_script("ngpt2", STEPS + data + ["--fsdp=1", "--save_every=3", "--keep_checkpoints=1"], logs, nproc=2)
     return logs, out.stdout
 
 
+@pytest.fixture(scope="module")
+def ddp_ngpt(data, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("ddp")
+    out = run_script("ngpt2", STEPS + data + ["--save_every=3", "--keep_checkpoints=1"], logs, nproc=2)
+    return logs, out.stdout
+
+
+def test_one_run_id_per_job_one_complete_checkpoint_per_step(fsdp_ngpt):
+    logs, _ = fsdp_ngpt
+    log, ckpts = run_dir(logs)
+    assert sorted(ckpts) == [3, 6] and len(list(logs.iterdir())) == 3  # the log and two checkpoints, no .tmp left
+    for path in ckpts.values():
+        assert sorted(f.name for f in path.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                          "train_state.pt"]  # both processes' shards
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_fsdp_matches_ddp_over_two_processes(name, data, fsdp_ngpt, tmp_path):
+def test_fsdp_matches_ddp_over_two_processes(name, data, fsdp_ngpt, ddp_ngpt, tmp_path):
     args = STEPS + data  # grad_clip 0.05 clips every step: the sharded gradient norm must be the global one
-    ddp = run_script(name, args, tmp_path, nproc=2).stdout
-    fsdp = fsdp_ngpt[1] if name == "ngpt2" else run_script(name, args + ["--fsdp=1"], tmp_path, nproc=2).stdout
+    if name == "ngpt2":
+        ddp, fsdp = ddp_ngpt[1], fsdp_ngpt[1]
+    else:
+        ddp = run_script(name, args, tmp_path, nproc=2).stdout
+        fsdp = run_script(name, args + ["--fsdp=1"], tmp_path, nproc=2).stdout
     assert "mode:fsdp init:rank0_broadcast" in fsdp and "mode:ddp" in ddp  # and the same init: the losses below
     a, b = losses(ddp, "val_loss"), losses(fsdp, "val_loss")
     assert sorted(a) == sorted(b) == [0, 3, 6] and a[6] < a[0] - 0.02, (a, b)
@@ -77,7 +103,7 @@ def test_ngpt_matrices_unit_norm_along_their_dim_after_sharded_steps(data, fsdp_
     hp = train_ngpt2.parse_args(STEPS + data)
     model = train_ngpt2.GPT(hp)
     state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
-    dcp.load(dict(model=state), checkpoint_id=str(fsdp_ngpt[0] / "fsdp_step000006.dcp"))  # no process group: 1 reader
+    dcp.load(dict(model=state), checkpoint_id=str(run_dir(fsdp_ngpt[0])[1][6]))  # no process group: 1 reader
     model.load_state_dict(state)
     for w, dim in model.normalized_matrices():  # dim 0 (output projections) is the one FSDP splits over processes
         norms = w.norm(dim=dim)
@@ -85,30 +111,40 @@ def test_ngpt_matrices_unit_norm_along_their_dim_after_sharded_steps(data, fsdp_
     assert not torch.equal(state["blocks.0.mlp.proj.weight"], train_ngpt2.GPT(hp).blocks[0].mlp.proj.weight)
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sharded_checkpoint_resumes_on_one_and_two_processes(nproc, data, fsdp_ngpt, tmp_path):
-    logs, full = fsdp_ngpt
-    args = STEPS + data + [f"--resume={logs}/fsdp_step000003.dcp", "--run_id=resumed"]
-    resumed = run_script("ngpt2", args + (["--fsdp=1"] if nproc == 2 else []), tmp_path, nproc=nproc).stdout
-    assert f"resumed_from:{logs}/fsdp_step000003.dcp at_step:3" in resumed
+@pytest.mark.parametrize("saved_by, resumed_as", [("fsdp", "single"), ("fsdp", "ddp"), ("ddp", "fsdp")])
+def test_a_checkpoint_resumes_in_any_mode_and_process_count(saved_by, resumed_as, data, fsdp_ngpt, ddp_ngpt,
+                                                            tmp_path):
+    logs, full = {"fsdp": fsdp_ngpt, "ddp": ddp_ngpt}[saved_by]
+    path = run_dir(logs)[1][3]
+    args = STEPS + data + [f"--resume={path}", "--run_id=resumed"] + (["--fsdp=1"] if resumed_as == "fsdp" else [])
+    resumed = run_script("ngpt2", args, tmp_path, nproc=1 if resumed_as == "single" else 2).stdout
+    assert f"resumed_from:{path} at_step:3" in resumed and f"mode:{resumed_as}" in resumed
     a, b = losses(full, "train_loss"), losses(resumed, "train_loss")
     assert sorted(b) == [4, 5, 6] and all(abs(a[s] - b[s]) < 2e-4 for s in b), (a, b)
     assert abs(losses(full, "val_loss")[6] - losses(resumed, "val_loss")[6]) < 2e-4
 
 
-def test_latest_checkpoint_skips_half_written_saves(tmp_path):
+def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
     latest = train_gpt2.latest_checkpoint
+
+    def save(name, complete=True):
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "train_state.pt").write_bytes(b"x")
+        return str(tmp_path / name)
+
     assert latest(str(tmp_path), "run") == ""
-    (tmp_path / "run_step000010.dcp").mkdir()
-    (tmp_path / "run_step000010.dcp" / "train_state.pt").write_bytes(b"x")
-    (tmp_path / "other.pt").write_bytes(b"x")  # another run's
-    assert latest(str(tmp_path), "run") == str(tmp_path / "run_step000010.dcp")
-    (tmp_path / "run_step000020.dcp.tmp").mkdir()  # a save cut short before its rename
-    (tmp_path / "run_step000030.dcp").mkdir()  # shards but no train_state.pt: not complete
-    (tmp_path / "run.pt.tmp").write_bytes(b"x")
-    assert latest(str(tmp_path), "run") == str(tmp_path / "run_step000010.dcp")
-    (tmp_path / "run.pt").write_bytes(b"x")
-    assert latest(str(tmp_path), "run") == str(tmp_path / "run.pt")
+    ten = save("run_step000010.dcp")
+    save("run_step000005.dcp")  # written later (a copy, a rerun), yet an earlier step: order is by step, not mtime
+    save("other_step000090.dcp")  # another run's
+    save("run_step000020.dcp.tmp", complete=False)  # a save cut short before its train_state.pt
+    save("run_step000030.dcp", complete=False)
+    save("run_step000040.dcp.old")  # a re-save's old copy, being deleted: never read
+    assert latest(str(tmp_path), "run") == ten
+    tmp = save("run_step000050.dcp.tmp")  # complete, stopped before its rename: a good checkpoint
+    assert latest(str(tmp_path), "run") == tmp
+    renamed = save("run_step000050.dcp")
+    assert latest(str(tmp_path), "run") == renamed  # at one step, the renamed copy first
 
 
 def test_resume_auto_after_sigkill_ends_like_an_uninterrupted_run(data, tmp_path):
@@ -126,7 +162,7 @@ def test_resume_auto_after_sigkill_ends_like_an_uninterrupted_run(data, tmp_path
     assert proc.returncode == -signal.SIGKILL
     (tmp_path / "cut_step000050.dcp").mkdir()  # a newer save that never finished: skipped
     resumed = run_script("gpt2", args + ["--run_id=cut"], tmp_path).stdout
-    start = int(re.search(r"resumed_from:\S+cut\.pt at_step:(\d+)", resumed).group(1))
+    start = int(re.search(r"resumed_from:\S+cut_step\d+\.dcp at_step:(\d+)", resumed).group(1))
     assert start in (10, 20), start  # the last complete checkpoint (step 20's may have been written before the kill)
     a, b = losses(full, "train_loss"), losses(resumed, "train_loss")
     assert min(b) == start + 1 and b[40] == a[40], (a[40], b[40])
@@ -134,17 +170,87 @@ def test_resume_auto_after_sigkill_ends_like_an_uninterrupted_run(data, tmp_path
     assert (tmp_path / "cut.txt").read_text().count("step:1/40 train_loss") == 1  # the log was continued, not replaced
 
 
-def test_memory_estimate_within_25_percent_of_measured_cpu_memory(data, tmp_path):
-    """Peak RSS of a small model minus that of a tiny one, against the difference of their estimates."""
-    small = ["--vocab_size=8192", "--n_layer=4", "--n_head=4", "--n_embd=256", "--mup_base_width=256",
-             "--sequence_length=256", "--batch_size=8", "--device_batch_size=8", "--val_tokens=2048",
-             "--num_iterations=2", "--warmup_iters=0", "--warmdown_iters=1", "--save_every=0", "--kernels=torch"]
-    tiny = small + ["--n_layer=1", "--n_embd=32", "--n_head=2", "--vocab_size=256", "--mlp_hidden=32"]
-    measured, estimated = [], []
-    for argv in (small, tiny):
-        out = run_script("gpt2", argv + data, tmp_path).stdout
-        assert re.search(r"^memory_estimate: weights:[\d.]+MiB .* total:[\d.]+MiB", out, re.M)
-        measured.append(float(re.search(r"peak_memory:(\d+)MiB", out).group(1)) * 2**20)
-        estimated.append(train_gpt2.memory_estimate(train_gpt2.parse_args(argv), 1, False)["total"])
-    m, e = measured[0] - measured[1], estimated[0] - estimated[1]
-    assert e > 200 * 2**20 and abs(e - m) < 0.25 * m, (m / 2**20, e / 2**20)
+def in_process(module, argv, monkeypatch):
+    """main() in this process, signal handlers left as pytest has them; returns its exit code (0 if none)."""
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    try:
+        module.main(argv)
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def test_resume_applies_the_new_flags_says_which_and_keeps_the_train_time(data, tmp_path):
+    args = TINY + data + ["--num_iterations=8", "--val_loss_every=0", "--save_every=4", "--keep_checkpoints=1"]
+    first = run_script("gpt2", args + ["--run_id=first"], tmp_path).stdout
+    resume = f"--resume={tmp_path}/first_step000004.dcp"
+    same = run_script("gpt2", args + [resume, "--run_id=same"], tmp_path).stdout
+    other = run_script("gpt2", args + [resume, "--run_id=other", "--learning_rate=1e-2"], tmp_path).stdout
+    assert "resume_changes: run_id:first->same\n" in same
+    assert "resume_changes: run_id:first->other learning_rate:0.003->0.01\n" in other
+    a, b, c = losses(first, "train_loss"), losses(same, "train_loss"), losses(other, "train_loss")
+    assert sorted(b) == sorted(c) == [5, 6, 7, 8] and all(b[s] == a[s] for s in b), (a, b)
+    assert all(abs(c[s] - a[s]) > 1e-3 for s in (6, 7, 8)), (a, c)  # the new lr is the one in use
+    times = {log: [int(t) for t in re.findall(r"^step:(?:\d+)/8 train_loss:\S+ grad_norm:\S+ train_time:(\d+)ms",
+                                              log, re.M)] for log in (first, same)}
+    assert f"at_step:4 train_time:{times[first][3]}ms" in same
+    assert times[first][3] < times[same][0] < times[same][-1]  # the clock goes on from the checkpoint's time
+
+
+def test_a_signal_just_before_a_save_step_saves_that_step_once(data, tmp_path, monkeypatch):
+    schedule = train_gpt2.lr_multiplier
+
+    def signal_during_step_3(step, hp):  # SIGTERM arrives while step 3 trains: the next step is a save step
+        if step == 3:
+            train_gpt2.stop_signal = signal.SIGTERM
+        return schedule(step, hp)
+
+    monkeypatch.setattr(train_gpt2, "lr_multiplier", signal_during_step_3)
+    monkeypatch.setattr(train_gpt2, "stop_signal", 0)
+    code = in_process(train_gpt2, TINY + data + ["--num_iterations=8", "--val_loss_every=4", "--save_every=4",
+                                                 "--run_id=sig", f"--log_dir={tmp_path}"], monkeypatch)
+    assert code == 128 + signal.SIGTERM
+    log = (tmp_path / "sig.txt").read_text()
+    assert re.findall(r"^checkpoint:\S+ step:(\d+) reason:(.*)$", log, re.M) == [("4", "signal 15")]
+    assert "step:4/8 val_loss" not in log  # the signal was seen before the validation, too
+    assert sorted(p.name for p in tmp_path.glob("sig_step*")) == ["sig_step000004.dcp"]
+
+
+def test_a_kill_during_a_re_save_leaves_a_complete_copy_that_resume_auto_continues(data, tmp_path, monkeypatch):
+    args = TINY + data + ["--num_iterations=8", "--val_loss_every=0", "--save_every=4", "--keep_checkpoints=1",
+                          "--run_id=re", f"--log_dir={tmp_path}", "--kernels=torch"]
+    assert in_process(train_gpt2, args, monkeypatch) == 0
+    full = (tmp_path / "re.txt").read_text()
+    replace = os.replace
+
+    def killed_after_moving_the_old_copy(src, dst):
+        replace(src, dst)
+        if str(dst).endswith(".old"):
+            raise KeyboardInterrupt  # the process dies here: the old copy is aside, the new one not yet in place
+
+    monkeypatch.setattr(os, "replace", killed_after_moving_the_old_copy)
+    with pytest.raises(KeyboardInterrupt):  # from step 4 again: step 8 is saved a second time
+        train_gpt2.main(args + [f"--resume={tmp_path}/re_step000004.dcp"])
+    monkeypatch.setattr(os, "replace", replace)
+    assert not (tmp_path / "re_step000008.dcp").exists() and (tmp_path / "re_step000008.dcp.tmp").is_dir()
+    assert in_process(train_gpt2, args + ["--resume=auto"], monkeypatch) == 0
+    log = (tmp_path / "re.txt").read_text()
+    assert f"resumed_from:{tmp_path}/re_step000008.dcp.tmp at_step:8" in log
+    assert losses(log, "val_loss")[8] == losses(full, "val_loss")[8]
+    assert sorted(p.name for p in tmp_path.glob("re_step*")) == ["re_step000004.dcp", "re_step000008.dcp"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_the_eval_tools_read_an_fsdp_checkpoint(data, fsdp_ngpt, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "evals"))
+    import average
+    import common
+    logs, out = fsdp_ngpt
+    ckpts = run_dir(logs)[1]
+    loaded = common.Loaded(str(ckpts[6]), "cpu")  # one process reads both processes' shards
+    batches = train_ngpt2.val_batches(loaded.hp, 0, 1, "cpu")
+    val = torch.stack([torch.nn.functional.cross_entropy(loaded.logits(x).flatten(0, 1), y.flatten())
+                       for x, y in batches]).mean().item()
+    assert loaded.step == 6 and abs(val - losses(out, "val_loss")[6]) < 2e-4  # the run's own last val loss
+    merged = average.main([str(ckpts[3]), str(ckpts[6]), "--out", str(tmp_path / "avg.dcp")])
+    assert merged["averaged_steps"] == [3, 6] and common.Loaded(str(tmp_path / "avg.dcp"), "cpu").step == 6

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 import train_gpt2
 import train_ngpt2
@@ -177,7 +178,31 @@ def test_loader_state_round_trip_crosses_shards(tmp_path):
     fresh = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, 0, 1, 1000)
     fresh.load_state(state)
     assert all(torch.equal(a, fresh.next_batch("cpu")[0]) for a in expected)
-    assert state["shard"] == 1  # 4 batches of 20 tokens leave no room for a fifth in a 100-token shard
+    assert expected[0].min() >= 100  # 4 batches of 20 tokens leave no room for a fifth in a 100-token shard
+
+
+def test_a_position_saved_with_fewer_processes_never_gives_a_short_slice(tmp_path):
+    write_shard(tmp_path / "s_train_000001.bin", np.arange(100))
+    write_shard(tmp_path / "s_train_000002.bin", np.arange(100, 200))
+    one = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, 0, 1, 1000)
+    for _ in range(3):
+        one.next_batch("cpu")
+    state = one.state()  # offset 60: one more 20-token window fits for one process, not for two
+    for rank in range(2):
+        two = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, rank, 2, 1000)
+        two.load_state(state)
+        x, y = two.next_batch("cpu")
+        assert x.shape == y.shape == (2, 10) and x.min() >= 100  # the second shard's window, whole
+
+
+def test_token_ids_are_checked_when_a_shard_is_opened_not_all_at_start(tmp_path):
+    write_shard(tmp_path / "s_train_000001.bin", np.arange(100) % 50)
+    write_shard(tmp_path / "s_train_000002.bin", np.append(np.arange(99) % 50, 300))
+    loader = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, 0, 1, 256)  # no scan of shard 2 yet
+    for _ in range(4):
+        loader.next_batch("cpu")
+    with pytest.raises(SystemExit, match=r"s_train_000002.bin: token id 300 >= --vocab_size=256"):
+        loader.next_batch("cpu")
 
 
 @pytest.mark.parametrize("case, message", [
@@ -268,31 +293,47 @@ def test_signal_saves_and_resume_continues_exactly(name, data, tmp_path):
             break
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    saved = int(re.search(r"checkpoint:\S+ step:(\d+) reason:signal", out).group(1))
-    assert 5 <= saved < 200
-    resumed = losses(run_script(name, args + [f"--resume={tmp_path}/cut.pt", "--run_id=resumed"], tmp_path).stdout,
-                     "train_loss")
-    assert min(resumed) == saved + 1 and max(resumed) == 200
+    path, saved = re.search(r"checkpoint:(\S+) step:(\d+) reason:signal", out).groups()
+    assert 5 <= int(saved) < 200 and f"--resume={path}" in out
+    resumed = losses(run_script(name, args + [f"--resume={path}", "--run_id=resumed"], tmp_path).stdout, "train_loss")
+    assert min(resumed) == int(saved) + 1 and max(resumed) == 200
     assert all(resumed[s] == full[s] for s in resumed), [(s, resumed[s], full[s]) for s in resumed if resumed[s] != full[s]]
 
 
-def test_non_finite_loss_stops_with_checkpoint(data, tmp_path, monkeypatch):
+def poison(monkeypatch, after_calls, loss_or_gradient):
+    """From the given training forward call on, GPT-2's loss (or only its gradient) is NaN."""
     calls = {"n": 0}
     forward = train_gpt2.GPT.forward
 
     def poisoned(self, idx, targets):
         calls["n"] += self.training
         loss = forward(self, idx, targets)
-        return loss * float("nan") if calls["n"] > 6 else loss
+        if calls["n"] <= after_calls:
+            return loss
+        if loss_or_gradient == "loss":
+            return loss * float("nan")
+        loss.register_hook(lambda grad: grad * float("nan"))  # a finite loss whose gradients are not
+        return loss
 
     monkeypatch.setattr(train_gpt2.GPT, "forward", poisoned)
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient"])
+def test_non_finite_loss_or_gradient_stops_with_the_last_good_state(what, data, tmp_path, monkeypatch):
+    poison(monkeypatch, 6, what)
     with pytest.raises(SystemExit) as err:
         train_gpt2.main(TINY + data + ["--num_iterations=8", "--val_loss_every=0", "--run_id=nan",
                                        f"--log_dir={tmp_path}"])
     assert err.value.code == 1
     log = (tmp_path / "nan.txt").read_text()
-    assert "train_loss is nan at step 4" in log  # two micro-batches per step: call 7 is step 4's first
-    assert torch.load(tmp_path / "nan.pt", weights_only=False)["step"] == 3
+    assert "at step 4;" in log and "step:4/8 train_loss" not in log  # two micro-batches per step: call 7 is step 4's
+    assert ("train_loss is nan" in log) == (what == "loss") and "grad_norm nan" in log
+    ckpt = tmp_path / "nan_step000003.dcp"
+    assert torch.load(ckpt / "train_state.pt", weights_only=False)["step"] == 3
+    model = train_gpt2.GPT(hp_for(train_gpt2, *data))
+    weights = model.state_dict()
+    dcp.load(dict(model=weights), checkpoint_id=str(ckpt), no_dist=True)
+    assert all(torch.isfinite(w).all() for w in weights.values())  # saved before the optimizer took a NaN step
 
 
 # ---------------------------------------------------------------------------- the diff stays the model
@@ -325,15 +366,16 @@ def test_bfloat16_parameter_storage_trains(name, data, tmp_path):
                           "--learning_rate=1e-2", "--run_id=bf16"]
     val = losses(run_script(name, args, tmp_path).stdout, "val_loss")
     assert val[10] < val[0], val
-    state = torch.load(tmp_path / "bf16.pt", weights_only=False)["model"]
-    assert {v.dtype for v in state.values() if v.ndim == 2} == {torch.bfloat16}  # matrices in bf16...
-    assert {v.dtype for v in state.values() if v.ndim == 1} == {torch.float32}  # ...gains and scalers stay fp32
+    saved = dcp.FileSystemReader(str(tmp_path / "bf16_step000010.dcp")).read_metadata().state_dict_metadata
+    weights = {k: v.properties for k, v in saved.items() if k.startswith("model.")}
+    assert {v.dtype for k, v in weights.items() if len(saved[k].size) == 2} == {torch.bfloat16}  # matrices in bf16..
+    assert {v.dtype for k, v in weights.items() if len(saved[k].size) == 1} == {torch.float32}  # ..vectors in fp32
 
 
 def test_resume_with_another_model_size_is_a_clear_error(data, tmp_path):
     run_script("gpt2", TINY + data + ["--num_iterations=4", "--save_every=4", "--run_id=small"], tmp_path)
-    out = run_script("gpt2", TINY + data + ["--num_iterations=8", "--n_embd=32", f"--resume={tmp_path}/small.pt"],
-                     tmp_path, check=False)
+    out = run_script("gpt2", TINY + data + ["--num_iterations=8", "--n_embd=32",
+                                            f"--resume={tmp_path}/small_step000004.dcp"], tmp_path, check=False)
     assert out.returncode != 0 and "does not fit this model" in out.stderr and "'n_embd': 64" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
 
