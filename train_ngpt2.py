@@ -822,6 +822,7 @@ def lr_multiplier(step, hp):
 PEAK_BF16_TFLOPS = [("H100 80GB HBM3", 989), ("H100 SXM", 989), ("H100 NVL", 835), ("H100 PCIe", 756),
                     ("H200 NVL", 835), ("H200", 989), ("B200", 2250), ("A100", 312), ("L40S", 362), ("RTX 4090", 165)]
 stop_signal = 0
+log_file = None  # the run's log, open on rank 0 only
 
 
 def on_signal(signum, frame):
@@ -868,31 +869,37 @@ def peak_rss_kib():
 
 
 def start_processes(hp):
-    """(ddp, rank, world, local_rank, device): one process, or torchrun's (DDP, or FSDP2 with --fsdp=1)."""
-    ddp = "RANK" in os.environ
+    """(rank, world, local_rank, device): one process, or torchrun's (DDP, or FSDP2 with --fsdp=1)."""
     device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
-    if hp.fsdp and not ddp:
+    if hp.fsdp and "RANK" not in os.environ:
         sys.exit("error: --fsdp=1 shards over the processes torchrun starts; run under torchrun or use --fsdp=0")
     rank, world, local_rank = 0, 1, 0
-    if ddp:
+    if "RANK" in os.environ:
         rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
-    if ddp:
+    if "RANK" in os.environ:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return ddp, rank, world, local_rank, device
+    return rank, world, local_rank, device
 
 
 def from_rank0(value):
     """Rank 0's value on every process: one run id and one resume checkpoint for the whole job."""
-    if not dist.is_initialized():
-        return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def print0(s, console=True):
+    """One line into the run's log and, unless console=False, onto the console; rank 0 alone holds log_file."""
+    if log_file is not None:
+        print(s, file=log_file, flush=True)
+        if console:
+            print(s, flush=True)
 
 
 def shard_model(model, compute_bf16):
@@ -954,6 +961,8 @@ def forward_backward(model, loader, micro_batches, autocast, device):
                 loss = model(x, y) / micro_batches
             loss.backward()
         total += loss.detach()
+    if dist.is_initialized():
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
     return total
 
 
@@ -965,23 +974,88 @@ def gradient_norm(model):
     return norm
 
 
+def log_run(hp, cfg, device, world, micro_batches, use_compile, peak):
+    """The run's header lines, after the source and versions: what was built, how it runs, the MFU peak."""
+    print0(f"script:{os.path.basename(__file__)}")
+    print0(f"parameters:{cfg['params']} non_embedding_parameters:{cfg['non_embedding_params']} "
+           f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
+    print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
+    print0(f"model_config:{json.dumps(cfg)}")
+    mode = "single"
+    if dist.is_initialized():
+        mode = "fsdp init:rank0_broadcast" if hp.fsdp else "ddp"
+    print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
+           f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
+    if peak:
+        print0(f"mfu_peak:{peak / 1e12:.0f}TFLOPS per device")
+    elif device.startswith("cuda"):
+        print0(f"mfu_peak:unknown for {torch.cuda.get_device_name()} (no mfu in the log; set --peak_tflops)")
+
+
+def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
+    """Compiles before the clock starts: forward and backward of two steps, no optimizer step, gradients dropped and
+    the loader put back, so the run's state is untouched (and no copy of it is needed)."""
+    t0 = time.perf_counter()
+    loader_state = loader.state()
+    for _ in range(2):
+        forward_backward(model, loader, micro_batches, autocast, device)
+        optimizer.zero_grad(set_to_none=True)
+    loader.load_state(loader_state)
+    print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
+
+
+def evaluate(model, hp, rank, world, device, autocast):
+    """Mean loss over the val_tokens validation tokens, the same tokens for any process count."""
+    model.eval()
+    with torch.no_grad(), autocast:
+        losses = [model(x, y).float() for x, y in val_batches(hp, rank, world, device)]
+    model.train()
+    loss = torch.stack(losses).mean()  # every micro-batch holds the same token count
+    if dist.is_initialized():
+        dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+    return loss.item()
+
+
+def agreed_signal(device):
+    """The stop signal any process has received (0: none), the same on every process."""
+    stop = torch.tensor(float(stop_signal), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return int(stop.item())
+
+
 # ---------------------------------------------------------------------------- checkpoints
 # One format for one process, DDP and FSDP: a torch.distributed.checkpoint directory per saved step,
 # <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizer (any process count and mode reads it) and
 # train_state.pt (step, loader position, train time, RNG, hyperparameters), written last.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP on one process: a mode we use
+
+
+def run_checkpoints(log_dir, run_id):
+    """(step, suffix, path) of run_id's checkpoint directories: <run_id>_step<N>.dcp, its .tmp (a save under way,
+    complete once train_state.pt is in it) and its .old (a re-save's old copy, being deleted: never read)."""
+    name = re.compile(rf"{re.escape(run_id)}_step(\d+)\.dcp(\.tmp|\.old)?")
+    for path in glob.glob(os.path.join(glob.escape(log_dir), f"{glob.escape(run_id)}_step*.dcp*")):
+        match = name.fullmatch(os.path.basename(path))
+        if match:
+            yield int(match.group(1)), match.group(2), path
+
+
 def checkpoint_dir(hp, step):
     return os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
 
 
+def rng_state():
+    rng = dict(torch=torch.get_rng_state())
+    if torch.cuda.is_available():  # this process's GPU only
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
 def latest_checkpoint(log_dir, run_id):
-    """The complete checkpoint of run_id in log_dir with the highest step, or "". A directory is complete once its
-    train_state.pt exists; a complete <name>.tmp is a save stopped between its last two renames."""
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(log_dir), f"{glob.escape(run_id)}_step*.dcp*")):
-        match = re.fullmatch(rf"{re.escape(run_id)}_step(\d+)\.dcp(\.tmp)?", os.path.basename(path))
-        if match and os.path.isfile(os.path.join(path, "train_state.pt")):
-            found.append((int(match.group(1)), not match.group(2), path))  # at one step, the renamed copy first
+    """The complete checkpoint of run_id with the highest step (at one step, the renamed copy), or ""."""
+    found = [(step, not suffix, path) for step, suffix, path in run_checkpoints(log_dir, run_id)
+             if suffix != ".old" and os.path.isfile(os.path.join(path, "train_state.pt"))]
     return max(found, default=(0, False, ""))[2]
 
 
@@ -996,7 +1070,7 @@ def fsync(path):
 
 def save_checkpoint(path, pieces, state, master):
     """pieces (named state dicts) go through torch.distributed.checkpoint into path.tmp, each process writing its
-    part (fsynced); the master adds train_state.pt last and renames: path is complete or absent. A step saved
+    part (fsynced); the master adds train_state.pt last and renames: path is complete or absent, and a step saved
     again keeps its old copy until the new one is complete. Collective under torchrun; evals/ uses it too."""
     tmp = f"{path}.tmp"
     if master and os.path.exists(tmp):  # left by a save that was cut short
@@ -1005,53 +1079,30 @@ def save_checkpoint(path, pieces, state, master):
         dist.barrier()
     dcp.save(pieces, checkpoint_id=tmp, no_dist=not dist.is_initialized())
     if master:
-        part = os.path.join(tmp, "train_state.pt.part")
-        with open(part, "wb") as f:
+        with open(os.path.join(tmp, "train_state.pt.part"), "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(part, os.path.join(tmp, "train_state.pt"))
+        os.replace(os.path.join(tmp, "train_state.pt.part"), os.path.join(tmp, "train_state.pt"))
         fsync(tmp)
-        old = f"{path}.old"  # never read back: between the renames below the complete copy is path.tmp
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(f"{path}.old", ignore_errors=True)
         if os.path.exists(path):
-            os.replace(path, old)
+            os.replace(path, f"{path}.old")
         os.replace(tmp, path)
         fsync(os.path.dirname(os.path.abspath(path)))
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(f"{path}.old", ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
 
 
-def remove_other_checkpoints(hp, keep):
-    """Without --keep_checkpoints, once a save is complete the run's other checkpoints go."""
-    for path in glob.glob(os.path.join(glob.escape(hp.log_dir), f"{glob.escape(hp.run_id)}_step*.dcp*")):
-        if path != keep and re.fullmatch(rf"{re.escape(hp.run_id)}_step\d+\.dcp(\.tmp|\.old)?", os.path.basename(path)):
-            shutil.rmtree(path)
-
-
-def train_state(step, loader_state, hp, train_time_ms, timed_steps):
-    rng = dict(torch=torch.get_rng_state())
-    if torch.cuda.is_available():  # this process's GPU only: a machine that sees fewer GPUs restores it too
-        rng["cuda"] = torch.cuda.get_rng_state()
-    return dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
-                hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
-
-
-def read_train_state(path):
-    """A checkpoint directory's train_state.pt, or a one-line error naming what to pass instead."""
-    state_path = os.path.join(path, "train_state.pt")
-    if not os.path.isfile(state_path):
-        sys.exit(f"error: {path}: not a complete checkpoint (a <run_id>_step<N>.dcp directory holding train_state.pt); "
-                 f"pass one of those, or --resume=auto with the run's --run_id and --log_dir")
-    return torch.load(state_path, map_location="cpu", weights_only=False)
-
-
-def load_checkpoint(path, model, optimizer, hp):
-    """A checkpoint's weights and optimizer moments into model and optimizer, resharded to this run's processes
-    and mode. The optimizer's settings (learning rates, weight decay, betas) stay this command line's. Returns
-    the train state."""
-    state = read_train_state(path)
+def load_checkpoint(path, model, optimizer, loader, hp):
+    """A checkpoint's weights, optimizer moments, loader position and RNG state, resharded to this run's processes
+    and mode; the optimizer's settings (learning rates, weight decay, betas) stay this command line's. Returns the
+    train state."""
+    if not os.path.isfile(os.path.join(path, "train_state.pt")):
+        sys.exit(f"error: --resume={path}: not a complete checkpoint (a <run_id>_step<N>.dcp directory holding "
+                 f"train_state.pt); pass one of those, or --resume=auto with the run's --run_id and --log_dir")
+    state = torch.load(os.path.join(path, "train_state.pt"), map_location="cpu", weights_only=False)
     if "averaged_from" in state or "train_time_ms" not in state:
         sys.exit(f"error: --resume={path} holds weights only (an averaged checkpoint) or comes from an older version "
                  f"of this script: evaluate it with evals/; resume from one of the run's own checkpoints")
@@ -1067,35 +1118,43 @@ def load_checkpoint(path, model, optimizer, hp):
     set_state_dict(model, optimizer, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
     for group, setting in zip(optimizer.param_groups, settings):
         group.update(setting)  # the checkpoint brings moments and step counts, the command line the settings
+    steps = [state["step"]]
     if dist.is_initialized():  # every process must continue from the same step
         steps = [None] * dist.get_world_size()
         dist.all_gather_object(steps, state["step"])
-        if len(set(steps)) > 1:
-            sys.exit(f"error: the processes read different steps {steps} from {path}; is the filesystem shared?")
+    if len(set(steps)) > 1:
+        sys.exit(f"error: the processes read different steps {steps} from {path}; is the filesystem shared?")
     torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and "cuda" in state["rng"]:
+    if torch.cuda.is_available() and "cuda" in state["rng"]:  # this process's GPU: any GPU count restores it
         torch.cuda.set_rng_state(state["rng"]["cuda"])
+    loader.load_state(state["loader"])
     return state
 
 
-def resume_changes(hp, state):
-    """Hyperparameters given now that differ from the checkpoint's (they apply from here on)."""
-    saved = state["hyperparameters"]
-    changed = [f"{k}:{saved[k]}->{v}" for k, v in dataclasses.asdict(hp).items() if k in saved and saved[k] != v
-               and k != "resume"]
-    return " ".join(changed) or "none"
-
-
-def out_of_memory_hint(hp, world):
-    return (f"error: out of GPU memory at device_batch_size={hp.device_batch_size} sequence_length="
-            f"{hp.sequence_length} processes={world} fsdp={hp.fsdp} activation_checkpointing="
-            f"{hp.activation_checkpointing}; lower --device_batch_size (batch_size stays: more micro-batches), add "
-            f"--activation_checkpointing=1 or --fsdp=1, or use more GPUs. tune/memory.py estimates the memory first")
+def open_run(hp, master, on_cuda):
+    """Names the run (on rank 0, for every process), opens its log on rank 0 (a continued run appends) and writes
+    the script's source and versions at its top. Returns the checkpoint to resume from ("" for a fresh start)."""
+    global log_file
+    if not hp.run_id:
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
+        hp.run_id = from_rank0(f"{os.path.splitext(os.path.basename(__file__))[0]}_s{hp.seed}_{stamp}")
+    os.makedirs(hp.log_dir, exist_ok=True)
+    resume = hp.resume
+    if resume == "auto":  # chosen on rank 0: on a shared filesystem another node's listing can lag
+        resume = from_rank0(latest_checkpoint(hp.log_dir, hp.run_id))
+    log_file = None
+    if master:
+        log_file = open(os.path.join(hp.log_dir, f"{hp.run_id}.txt"), "a" if resume else "w")
+    with open(__file__) as f:
+        print0(f.read(), console=False)
+    print0("=" * 100, console=False)
+    print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
+    return resume
 
 
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
-    ddp, rank, world, local_rank, device = start_processes(hp)
+    rank, world, local_rank, device = start_processes(hp)
     master = rank == 0
     on_cuda = device.startswith("cuda")
     if not hp.kernels:
@@ -1109,31 +1168,9 @@ def main(argv=None):
     autocast = nullcontext()
     if compute_bf16:
         autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16)
+    resume = open_run(hp, master, on_cuda)
 
-    # ------------------------------------------------------------------------ run id, log, resume
-    script = os.path.basename(__file__)
-    if not hp.run_id:  # made on rank 0: every process of the job writes into the same run
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
-        hp.run_id = from_rank0(f"{os.path.splitext(script)[0]}_s{hp.seed}_{stamp}")
-    os.makedirs(hp.log_dir, exist_ok=True)
-    resume = hp.resume
-    if resume == "auto":  # chosen on rank 0: on a shared filesystem another node's listing can lag
-        resume = from_rank0(latest_checkpoint(hp.log_dir, hp.run_id))
-    log_file = None
-    if master:  # a continued run keeps its log
-        log_file = open(os.path.join(hp.log_dir, f"{hp.run_id}.txt"), "a" if resume else "w")
-
-    def print0(s, console=True):
-        if master:
-            print(s, file=log_file, flush=True)
-            if console:
-                print(s, flush=True)
-
-    with open(__file__) as f:
-        print0(f.read(), console=False)
-    print0("=" * 100, console=False)
-    print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
-
+    # ------------------------------------------------------------------------ model, optimizer, data, resume
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device
     if hp.fsdp:
         model = build_sharded(hp, master, device, compute_bf16)
@@ -1149,9 +1186,8 @@ def main(argv=None):
     timed_steps = 0
     saved_steps = set()  # a step is saved once
     if resume:
-        state = load_checkpoint(resume, raw_model, optimizer, hp)
+        state = load_checkpoint(resume, raw_model, optimizer, train_loader, hp)
         start_step = state["step"]
-        train_loader.load_state(state["loader"])
         train_time_ms = state["train_time_ms"]
         timed_steps = state["timed_steps"]
         if os.path.abspath(resume) == os.path.abspath(checkpoint_dir(hp, start_step)):
@@ -1161,84 +1197,54 @@ def main(argv=None):
     # default bucket_cap_mb=25), so each bucket's all-reduce overlaps the rest of the backward pass
     if use_compile:
         model = torch.compile(model)
-    if ddp and not hp.fsdp:  # no buffer broadcast: the only buffer, RoPE's inv_freq, is a constant, not state
+    if dist.is_initialized() and not hp.fsdp:  # no buffer broadcast: RoPE's inv_freq, the one buffer, is constant
         model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
 
     cfg = raw_model.config()
-    print0(f"script:{script}")
-    print0(f"parameters:{cfg['params']} non_embedding_parameters:{cfg['non_embedding_params']} "
-           f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
-    print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
-    print0(f"model_config:{json.dumps(cfg)}")
-    mode = "single"
-    if ddp:
-        mode = "fsdp init:rank0_broadcast" if hp.fsdp else "ddp"
-    print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
-           f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
-    if resume:
+    peak = peak_flops(hp, torch.cuda.get_device_name() if on_cuda else "cpu")
+    log_run(hp, cfg, device, world, micro_batches, use_compile, peak)
+    if resume:  # the command line's values apply from here on
+        saved = state["hyperparameters"]
+        changes = " ".join(f"{k}:{saved[k]}->{v}" for k, v in dataclasses.asdict(hp).items()
+                           if k != "resume" and saved.get(k, v) != v)
         print0(f"resumed_from:{resume} at_step:{start_step} train_time:{train_time_ms:.0f}ms")
-        print0(f"resume_changes: {resume_changes(hp, state)}")
+        print0(f"resume_changes: {changes or 'none'}")
     tokens_per_step = hp.batch_size * hp.sequence_length
     model_flops = flops_per_token(cfg, hp)
-    peak = peak_flops(hp, torch.cuda.get_device_name() if on_cuda else "cpu")
-    if peak:
-        print0(f"mfu_peak:{peak / 1e12:.0f}TFLOPS per device")
-    elif on_cuda:
-        print0(f"mfu_peak:unknown for {torch.cuda.get_device_name()} (no mfu in the log; set --peak_tflops)")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def evaluate():
-        model.eval()
-        losses = []
-        with torch.no_grad(), autocast:
-            for x, y in val_batches(hp, rank, world, device):
-                losses.append(model(x, y).float())
-        model.train()
-        loss = torch.stack(losses).mean()  # every micro-batch holds the same token count
-        if ddp:
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-        return loss.item()
-
     def checkpoint(step, loader_state, why):
         path = checkpoint_dir(hp, step)
-        if step in saved_steps:  # this very state is on disk: a signal right after a periodic save or a resume
-            print0(f"checkpoint:{path} step:{step} reason:{why} (already saved)")
-            return path
-        model_state, optimizer_state = get_state_dict(raw_model, optimizer)
-        state = train_state(step, loader_state, hp, train_time_ms, timed_steps)
-        save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
-        saved_steps.add(step)
-        if master and not hp.keep_checkpoints:
-            remove_other_checkpoints(hp, path)
+        if step not in saved_steps:  # else this very state is on disk: a signal right after a save or a resume
+            model_state, optimizer_state = get_state_dict(raw_model, optimizer)
+            state = dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
+                         hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng_state())
+            save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
+            saved_steps.add(step)
+        for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
+            if master and not hp.keep_checkpoints and other != path:  # the newest complete one stays
+                shutil.rmtree(other)
         print0(f"checkpoint:{path} step:{step} reason:{why}")
         return path
 
-    def stop_if_signalled(step):  # checked before every validation and save, so a signal never waits on them
-        stop = torch.tensor(float(stop_signal), device=device)
-        if ddp:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item():
-            path = checkpoint(step, train_loader.state(), f"signal {int(stop.item())}")
-            print0(f"stopped by signal {int(stop.item())} at step {step}; continue with --resume={path}")
-            sys.exit(128 + int(stop.item()))
+    def stop_if_signalled(step):  # before every validation and save, so a signal never waits on them
+        signum = agreed_signal(device)
+        if signum:
+            path = checkpoint(step, train_loader.state(), f"signal {signum}")
+            print0(f"stopped by signal {signum} at step {step}; continue with --resume={path}")
+            sys.exit(128 + signum)
 
     # ------------------------------------------------------------------------ training
     try:
-        if use_compile:  # compile before the clock starts: forward and backward only, so no state changes
-            t0 = time.perf_counter()
-            loader_state = train_loader.state()
-            for _ in range(2):
-                forward_backward(model, train_loader, micro_batches, autocast, device)
-                optimizer.zero_grad(set_to_none=True)
-            train_loader.load_state(loader_state)
-            print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
+        if use_compile:
+            compile_warmup(model, optimizer, train_loader, micro_batches, autocast, device)
         epoch = train_loader.epoch
         for step in range(start_step, hp.num_iterations + 1):
             last_step = step == hp.num_iterations
             stop_if_signalled(step)
             if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
-                val_loss = evaluate()
+                val_loss = evaluate(model, hp, rank, world, device, autocast)
                 print0(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
                        f"step_avg:{train_time_ms / max(1, timed_steps):.2f}ms")
                 stop_if_signalled(step)
@@ -1251,14 +1257,12 @@ def main(argv=None):
             loader_state = train_loader.state()
             for group in optimizer.param_groups:
                 group["lr"] = group["peak_lr"] * lr_multiplier(step, hp)
-            train_loss = forward_backward(model, train_loader, micro_batches, autocast, device)
-            if ddp:
-                dist.all_reduce(train_loss, op=dist.ReduceOp.AVG)
+            train_loss = forward_backward(model, train_loader, micro_batches, autocast, device).item()
             grad_norm = gradient_norm(raw_model)
-            if not (math.isfinite(train_loss.item()) and math.isfinite(grad_norm.item())):  # weights: last good step
+            if not (math.isfinite(train_loss) and math.isfinite(grad_norm.item())):  # weights: the last good step's
                 path = checkpoint(step, loader_state, "non-finite loss or gradient")
-                print0(f"error: train_loss is {train_loss.item()} and grad_norm {grad_norm.item()} at step {step + 1}; "
-                       f"the last good state is in {path}. Lower --learning_rate or --grad_clip and continue with "
+                print0(f"error: train_loss is {train_loss} and grad_norm {grad_norm.item()} at step {step + 1}; the "
+                       f"last good state is in {path}. Lower --learning_rate or --grad_clip and continue with "
                        f"--resume={path}: the new values apply")
                 sys.exit(1)
             if hp.grad_clip:
@@ -1273,15 +1277,17 @@ def main(argv=None):
             step_avg = train_time_ms / timed_steps
             tokens_per_s = tokens_per_step / (step_avg / 1000)
             mfu = f" mfu:{100 * model_flops * tokens_per_s / (peak * world):.1f}%" if peak else ""
-            print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss.item():.4f} grad_norm:"
-                   f"{grad_norm.item():.4f} train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms "
-                   f"tokens_per_s:{tokens_per_s:.0f}{mfu}")
+            print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss:.4f} grad_norm:{grad_norm.item():.4f} "
+                   f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
             if train_loader.epoch > epoch:  # the loader wrapped to its first shard in this step: the data repeats
                 epoch = train_loader.epoch
                 print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of "
                        f"{hp.input_bin}; training data repeats from here)")
     except torch.OutOfMemoryError:
-        sys.exit(out_of_memory_hint(hp, world))
+        sys.exit(f"error: out of GPU memory at device_batch_size={hp.device_batch_size} sequence_length="
+                 f"{hp.sequence_length} processes={world} fsdp={hp.fsdp}; lower --device_batch_size (batch_size stays: "
+                 f"more micro-batches), add --activation_checkpointing=1 or --fsdp=1, or use more GPUs; "
+                 f"tune/memory.py estimates the memory of any setting without a GPU")
 
     if hp.save_every:
         checkpoint(hp.num_iterations, train_loader.state(), "end")
@@ -1289,7 +1295,7 @@ def main(argv=None):
         print0(f"peak_memory:{torch.cuda.max_memory_allocated() / 2**20:.0f}MiB (cuda allocated)")
     else:
         print0(f"peak_memory:{peak_rss_kib() / 1024:.0f}MiB (process max rss)")
-    if ddp:
+    if dist.is_initialized():
         dist.barrier()  # no rank tears down the process group while another still uses it
         # Free DDP's reducer while the process group is still registered: if the reducer held the last reference,
         # gloo's destructor would run with the GIL held and could deadlock with its worker thread at exit.
