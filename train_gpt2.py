@@ -378,7 +378,9 @@ if triton is not None:
         cmask = cols < D
         s = tl.load(S + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for k0 in range(p * rows_per_prog, (p + 1) * rows_per_prog, ROWS):
+        k0 = p * rows_per_prog  # a while loop, not range(): see _norm_scale_bwd_kernel
+        end = k0 + rows_per_prog
+        while k0 < end:
             r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
             rmask = r < n_rows
             mask = rmask[:, None] & cmask[None, :]
@@ -393,6 +395,7 @@ if triton is not None:
             tl.store(DX + r[:, None] * D + cols[None, :], d.to(DX.dtype.element_ty), mask=mask)
             tl.store(DB + r[:, None] * D + cols[None, :], d.to(DB.dtype.element_ty), mask=mask)
             acc += tl.sum(dy * xhat, axis=0)
+            k0 += ROWS
         tl.store(DS_PART + p * D + cols, acc, mask=cmask)
 
 
@@ -505,7 +508,9 @@ if triton is not None:
         else:
             s = tl.full([BLOCK], 1.0, tl.float32)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for k0 in range(p * rows_per_prog, (p + 1) * rows_per_prog, ROWS):
+        k0 = p * rows_per_prog  # a while loop: Triton 3.6's interpreter fails on range() of run-time
+        end = k0 + rows_per_prog  # bounds (scalars there are 1-element arrays, NumPy >= 2.4)
+        while k0 < end:
             r = g + G * (k0 + tl.arange(0, ROWS)).to(tl.int64)
             rmask = r < n_rows
             mask = rmask[:, None] & cmask[None, :]
@@ -518,6 +523,7 @@ if triton is not None:
             dx = rstd[:, None] * (gs - xhat * tl.sum(gs * xhat, axis=1)[:, None])
             tl.store(DX + r[:, None] * D + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
             acc += tl.sum(dy * xhat, axis=0)
+            k0 += ROWS
         if HAS_SCALE:
             tl.store(DS_PART + (p * G + g) * D + cols, acc, mask=cmask)
 

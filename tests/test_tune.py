@@ -1,6 +1,8 @@
-"""The tuning tools and what they check: muP coordinate check, nGPT's per-group lr rule, QK-norm, the lr sweep."""
+"""The tuning tools and what they check: muP coordinate check, nGPT's per-group lr rule, QK-norm, the lr sweep,
+the memory planner."""
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import torch
 import train_gpt2
 import train_ngpt2
 from conftest import write_shard
-from tune import coord_check, sweep
+from test_train import data, run_script  # noqa: F401 (data is a fixture)
+from tune import coord_check, memory, sweep
 
 FLAT = 1.5  # max / min over a 4x width range; the old nGPT rule measured 2.8 on the logit change here
 COORD_ARGS = ["--widths", "64", "128", "256", "--base_width=64", "--steps=8", "--seeds=1", "--batch=4", "--seq=32",
@@ -122,3 +125,37 @@ def test_sweep_reports_table_plot_and_a_diverged_run(tmp_path):
 def test_sweep_rejects_a_width_that_does_not_split_into_heads(tmp_path):
     with pytest.raises(SystemExit, match="error: width 40"):
         sweep.main(["--lrs", "1e-3", "--widths", "40", "--head_dim=16", f"--out={tmp_path}"])
+
+
+def test_memory_estimate_within_25_percent_of_measured_cpu_memory(data, tmp_path):
+    """Peak RSS of a small model minus that of a tiny one, against the difference of the planner's estimates."""
+    small = ["--vocab_size=8192", "--n_layer=4", "--n_head=4", "--n_embd=256", "--mup_base_width=256",
+             "--sequence_length=256", "--batch_size=8", "--device_batch_size=8", "--val_tokens=2048",
+             "--num_iterations=2", "--warmup_iters=0", "--warmdown_iters=1", "--save_every=0", "--kernels=torch"]
+    tiny = small + ["--n_layer=1", "--n_embd=32", "--n_head=2", "--vocab_size=256", "--mlp_hidden=32"]
+    measured, estimated = [], []
+    for argv in (small, tiny):
+        out = run_script("gpt2", argv + data, tmp_path).stdout
+        measured.append(float(re.search(r"peak_memory:(\d+)MiB", out).group(1)) * 2**20)
+        hp = train_gpt2.parse_args(argv + ["--device=cpu"])  # CPU: fp32 activations, no autocast
+        estimated.append(memory.estimate(train_gpt2, hp, 1)["total"])
+    m, e = measured[0] - measured[1], estimated[0] - estimated[1]
+    assert e > 200 * 2**20 and abs(e - m) < 0.25 * m, (m / 2**20, e / 2**20)
+
+
+def test_memory_planner_names_the_flags_that_fit(capsys):
+    # 1b with DDP on 8 GPUs of 80 GiB at 16 x 4096 tokens does not fit; a smaller micro-batch or recomputation does
+    argv = ["ngpt2", "--preset=1b", "--sequence_length=4096", "--batch_size=128", "--device_batch_size=16",
+            "--processes=8", "--gpu_gib=80"]
+    est = memory.main(argv)
+    out = capsys.readouterr().out
+    assert "fits: no" in out and "--activation_checkpointing=1" in out
+    batch = int(re.search(r"--device_batch_size=(\d+)", out).group(1))
+    hp = train_ngpt2.parse_args(argv[1:5] + [f"--device_batch_size={batch}"])
+    assert memory.estimate(train_ngpt2, hp, 8)["total"] <= memory.USABLE * 80 * 2**30 < est["total"]
+    hp.device_batch_size *= 2  # the largest power-of-two micro-batch that fits: twice it does not
+    assert memory.estimate(train_ngpt2, hp, 8)["total"] > memory.USABLE * 80 * 2**30
+    assert est["buffers"] == est["weights"]  # DDP's gradient buckets
+    fsdp = memory.main(argv + ["--fsdp=1"])  # sharded: weights, gradients and AdamW state divided over 8
+    assert math.isclose(fsdp["weights"] * 8, est["weights"]) and fsdp["optimizer"] == 2 * fsdp["weights"]
+    assert "fits:" in capsys.readouterr().out
