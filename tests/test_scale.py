@@ -98,6 +98,15 @@ def test_fsdp_matches_ddp_over_two_processes(name, data, fsdp_ngpt, ddp_ngpt, tm
     assert all(abs(a[s] - b[s]) < 2e-4 for s in a), (a, b)
 
 
+def test_fsdp_with_bf16_compute_matches_ddp(data, tmp_path):
+    """bf16 matrices make the CPU runs compute in bf16 autocast: FSDP then gathers Linear weights in bf16 and
+    reduces gradients in fp32 (MixedPrecisionPolicy), and must still match DDP."""
+    args = STEPS + data + ["--param_dtype=bfloat16", "--learning_rate=1e-2"]
+    ddp = losses(run_script("gpt2", args, tmp_path, nproc=2).stdout, "val_loss")
+    fsdp = losses(run_script("gpt2", args + ["--fsdp=1"], tmp_path, nproc=2).stdout, "val_loss")
+    assert sorted(ddp) == [0, 3, 6] and ddp[6] < ddp[0] and all(abs(ddp[s] - fsdp[s]) < 2e-3 for s in ddp), (ddp, fsdp)
+
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # reading on one process is the point
 def test_ngpt_matrices_unit_norm_along_their_dim_after_sharded_steps(data, fsdp_ngpt):
     hp = train_ngpt2.parse_args(STEPS + data)
