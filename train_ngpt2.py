@@ -909,11 +909,10 @@ def print0(s, console=True):
 
 
 def shard_model(model, compute_bf16):
-    """FSDP2: every matrix (each Linear and Embedding) is a group, gathered for its own forward and backward and
-    freed after; the vectors (gains, scalers: a tiny share) stay with the root, gathered for the whole step. Not a
-    group per block: GPT's fused add + norm has each block call the next block's norm. With bf16 compute a Linear's
-    weight is gathered in bf16, so autograd keeps that gather for backward rather than a bf16 cast of an fp32 one,
-    and its gradients are reduced in fp32; embeddings and vectors are gathered as stored, as autocast uses them."""
+    """FSDP2: every matrix is a group, gathered for its own forward and backward and freed after; the vectors (a tiny
+    share) stay with the root. Not a group per block: GPT's fused add + norm has each block call the next block's
+    norm. With bf16 compute a Linear's weight is gathered in bf16 (what autograd keeps for backward is then that
+    gather, not a bf16 cast of an fp32 one) and its gradients reduced in fp32; the rest is gathered as stored."""
     linear = MixedPrecisionPolicy()
     if compute_bf16:
         linear = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -999,8 +998,7 @@ def log_run(hp, cfg, device, world, micro_batches, use_compile, peak):
 
 
 def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
-    """Compiles before the clock starts: forward and backward of two steps, no optimizer step, gradients dropped and
-    the loader put back, so the run's state is untouched (and no copy of it is needed)."""
+    """Compiles before the clock starts: two steps' forward and backward, no optimizer step, the loader put back."""
     t0 = time.perf_counter()
     loader_state = loader.state()
     for _ in range(2):
@@ -1008,6 +1006,14 @@ def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
         optimizer.zero_grad(set_to_none=True)
     loader.load_state(loader_state)
     print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
+
+
+def agreed_signal(device):
+    """The stop signal any process has received (0: none), the same on every process."""
+    stop = torch.tensor(float(stop_signal), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return int(stop.item())
 
 
 def evaluate(model, hp, rank, world, device, autocast):
@@ -1020,14 +1026,6 @@ def evaluate(model, hp, rank, world, device, autocast):
     if dist.is_initialized():
         dist.all_reduce(loss, op=dist.ReduceOp.AVG)
     return loss.item()
-
-
-def agreed_signal(device):
-    """The stop signal any process has received (0: none), the same on every process."""
-    stop = torch.tensor(float(stop_signal), device=device)
-    if dist.is_initialized():
-        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    return int(stop.item())
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -1051,11 +1049,12 @@ def checkpoint_dir(hp, step):
     return os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
 
 
-def rng_state():
+def train_state(step, loader_state, hp, train_time_ms, timed_steps):
     rng = dict(torch=torch.get_rng_state())
-    if torch.cuda.is_available():  # this process's GPU only
+    if torch.cuda.is_available():  # this process's GPU only: a machine that sees fewer GPUs restores it too
         rng["cuda"] = torch.cuda.get_rng_state()
-    return rng
+    return dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
+                hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
 
 
 def latest_checkpoint(log_dir, run_id):
@@ -1224,8 +1223,7 @@ def main(argv=None):
         path = checkpoint_dir(hp, step)
         if step not in saved_steps:  # else this very state is on disk: a signal right after a save or a resume
             model_state, optimizer_state = get_state_dict(raw_model, optimizer)
-            state = dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
-                         hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng_state())
+            state = train_state(step, loader_state, hp, train_time_ms, timed_steps)
             save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
             saved_steps.add(step)
         for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
