@@ -1146,7 +1146,14 @@ def open_run(hp, master, on_cuda):
     os.makedirs(hp.log_dir, exist_ok=True)
     resume = hp.resume
     if resume == "auto":  # chosen on rank 0: on a shared filesystem another node's listing can lag
-        resume = from_rank0(latest_checkpoint(hp.log_dir, hp.run_id))
+        resume = ""
+        if master:
+            resume = latest_checkpoint(hp.log_dir, hp.run_id)
+        if master and resume.endswith(".tmp"):  # a save stopped between its last two renames: finish it
+            os.replace(resume, resume[:-len(".tmp")])
+            shutil.rmtree(f"{resume[:-len('.tmp')]}.old", ignore_errors=True)
+            resume = resume[:-len(".tmp")]
+        resume = from_rank0(resume)
     log_file = None
     if master:
         log_file = open(os.path.join(hp.log_dir, f"{hp.run_id}.txt"), "a" if resume else "w")
