@@ -118,7 +118,7 @@ def ptxas_available():
 
 
 needs_ptxas = pytest.mark.skipif(not ptxas_available(), reason="needs triton 3.x with its bundled ptxas (pip install "
-                                 "triton on Linux x86-64; the harness uses triton.compile's internals of 3.9)")
+                                 "triton on Linux x86-64; the harness uses triton.compile's internals of 3.6 to 3.9)")
 
 
 @needs_ptxas

@@ -1,8 +1,9 @@
 """CUDA-only checks at real shapes (run by `python bench.py --validate`; skipped without a GPU).
 
-Kernels against their torch references at 65,536 tokens of the speedrun and 1B widths, fp32 and bf16; a compiled
-training step with the Triton kernels against --kernels=torch under bf16 autocast; --param_dtype=bfloat16 through
-one-process torchrun.
+Kernels against their torch references at 65,536 tokens of the speedrun and 1B widths, fp32 and bf16 (the
+validation's first stage, with tests/test_kernels.py); a compiled training step with the Triton kernels against
+--kernels=torch under bf16 autocast and --param_dtype=bfloat16 through one-process torchrun (its more_tests stage:
+they compile models, so they come after the stages that fit the default budget).
 """
 import os
 import re

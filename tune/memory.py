@@ -6,13 +6,14 @@ python tune/memory.py gpt2                                           # the defau
 python tune/memory.py ngpt2 --preset=1b --fsdp=1 --device_batch_size=4 --sequence_length=4096 --processes=8
 python tune/memory.py gpt2 --preset=8b --fsdp=1 --processes=16 --gpu_gib=80   # plan for a GPU this machine lacks
 
-Every --name=value other than --processes and --gpu_gib is the script's own flag, read by the script's parse_args
-(so --preset and its error messages hold; `python train_gpt2.py --help` lists them). Weights, gradients and the two AdamW moments take
-4 bytes per element (matrices 2 with --param_dtype=bfloat16) and are divided over the processes with --fsdp=1;
-buffers are FSDP's gathered root and largest matrix (with its prefetch) or DDP's gradient buckets; activations
-are the model's own count of what backward keeps per token (activation_elements(), counted on CPU with
-saved-tensor hooks), 2 bytes each under bf16 autocast. A run fits when the total is within 95% of the GPU's
-memory (default: this machine's first GPU). It is an estimate: the CPU test holds it within 25% of measured memory.
+Every --name=value other than --processes and --gpu_gib is the script's own flag, read by the script's own
+parse_args (so --preset works and bad flags get its errors; `python train_gpt2.py --help` lists them). Weights,
+gradients and the two AdamW moments take 4 bytes per element (matrices 2 with --param_dtype=bfloat16) and are
+divided over the processes with --fsdp=1; buffers are FSDP's gathered root and largest matrix (with its prefetch)
+or DDP's gradient buckets; activations are the model's own count of what backward keeps per token
+(activation_elements(), counted on CPU with saved-tensor hooks), 2 bytes each under bf16 autocast (every CUDA run;
+--device=cpu plans fp32 unless --param_dtype=bfloat16). A run fits when the total is within 95% of the GPU's
+memory (default: this machine's first GPU). It is an estimate: a CPU test holds it within 25% of measured memory.
 """
 import argparse
 import dataclasses
