@@ -336,6 +336,18 @@ def test_non_finite_loss_or_gradient_stops_with_the_last_good_state(what, data, 
     assert all(torch.isfinite(w).all() for w in weights.values())  # saved before the optimizer took a NaN step
 
 
+def test_out_of_memory_names_the_flags_to_change(data, tmp_path, monkeypatch):
+    def out_of_memory(self, idx, targets=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_gpt2.GPT, "forward", out_of_memory)
+    with pytest.raises(SystemExit) as err:
+        train_gpt2.main(TINY + data + ["--num_iterations=8", "--val_loss_every=0", f"--log_dir={tmp_path}"])
+    message = str(err.value)
+    assert message.startswith("error: out of GPU memory at device_batch_size=4") and "\n" not in message
+    assert "--activation_checkpointing=1" in message and "tune/memory.py" in message
+
+
 # ---------------------------------------------------------------------------- the diff stays the model
 def sections(path):
     """Split a script at its banners; the Hyperparameters dataclass is cut at its model marker line."""
