@@ -9,7 +9,7 @@ import torch
 import train_gpt2
 import train_ngpt2
 from conftest import write_shard
-from tune import coord_check, sweep
+from tune import coord_check, runs, sweep
 
 FLAT = 1.5  # max / min over a 4x width range; the old nGPT rule measured 2.8 on the logit change here
 COORD_ARGS = ["--widths", "64", "128", "256", "--base_width=64", "--steps=8", "--seeds=1", "--batch=4", "--seq=32",
@@ -122,3 +122,17 @@ def test_sweep_reports_table_plot_and_a_diverged_run(tmp_path):
 def test_sweep_rejects_a_width_that_does_not_split_into_heads(tmp_path):
     with pytest.raises(SystemExit, match="error: width 40"):
         sweep.main(["--lrs", "1e-3", "--widths", "40", "--head_dim=16", f"--out={tmp_path}"])
+
+
+def test_run_outcome_from_log_and_console(tmp_path):
+    source = '    print0(f"error: train_loss is {loss}")\n'   # the log starts with the script's source
+    cases = {"ok": (source + "step:4/4 val_loss:3.5 train_time:1ms\n", "exit:0\n"),
+             "diverged": (source + "step:2/4 val_loss:3.5\nerror: train_loss is nan at step 3\n", "exit:1\n"),
+             "crashed": (source + "step:2/4 val_loss:3.5\n", "Traceback ...\nexit:1\n"),
+             "killed": (source + "step:2/4 val_loss:3.5\n", "")}
+    for status, (log, console) in cases.items():
+        (tmp_path / f"{status}.txt").write_text(log)
+        (tmp_path / f"{status}.out").write_text(console)
+        got = runs.outcome(str(tmp_path), status)
+        assert got[0] == status and (got[1] == 3.5) == (status == "ok"), (status, got)
+    assert runs.outcome(str(tmp_path), "missing")[0] == "not run"
