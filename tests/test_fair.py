@@ -230,15 +230,14 @@ def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, argv, mess
 
 
 def test_dry_run_prints_the_plan(tmp_path, capsys):
-    unbatched = [arg for arg in TINY if "batch_size" not in arg]
-    fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32"] + unbatched)
+    fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32"] + TINY)
     text = capsys.readouterr().out
     assert "arms gpt2, gpt2_qk, ngpt2 (baseline gpt2_qk)" in text and "proxy widths 16, 32" in text
     assert "  search   ngpt2          14-20" in text
-    assert "length 16: batch 512 x 16 = 8192 tokens per step (micro-batch 64)" in text   # the scripts' defaults
-    assert "length 32: batch 256 x 32 = 8192 tokens per step (micro-batch 32)" in text   # the same tokens per step
-    fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32"] + TINY)
-    assert "length 32: batch 2 x 32 = 64 tokens per step" in capsys.readouterr().out      # unless the batch is set
+    assert "length 16: batch 2 x 16 = 32 tokens per step (micro-batch 2)" in text
+    assert "length 32: batch 1 x 32 = 32 tokens per step (micro-batch 1)" in text   # the same tokens per step
+    fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32", "--same_batch"] + TINY)
+    assert "length 32: batch 2 x 32 = 64 tokens per step" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
 
 

@@ -20,7 +20,8 @@ unless it says otherwise. For each arm and sequence length:
             target width at lr/2, lr and 2*lr (seed 0) and the best of the three is kept. An optimum that moved
             between proxies, or a confirmation that picked an edge, is flagged in the audit.
   seeds     seeds 1..N-1 at the chosen lr of each target width (seed 0 is the confirmation run).
-Tokens per step stay equal across --sequence_lengths (batch_size scaled) unless --batch_size is given.
+Tokens per step stay those of the target (batch_size * sequence_length, the scripts' defaults or your flags) at
+every one of --sequence_lengths, batch_size and device_batch_size scaled to fit, unless --same_batch.
 
 OUT gets logs/<arm>_L<length>_w<width>_lr<lr>_s<seed>.txt (+ .out, the console), search.tsv (one row per search
 or confirmation run), verdict.md, verdict.json and the plots: L<len>_W<width>_val_vs_tokens.png (mean over seeds,
@@ -100,6 +101,8 @@ def parse(argv):
     ap.add_argument("--widths", type=int_list, help="target widths W1,W2,... (default: the target's n_embd)")
     ap.add_argument("--sequence_lengths", type=int_list, help="L1,L2,... (default: the target's sequence_length)")
     ap.add_argument("--proxy_widths", type=int_list, help="search widths (default: largest target width /4 and /2)")
+    ap.add_argument("--same_batch", action="store_true",
+                    help="keep batch_size sequences at every sequence length (default: the same tokens per step)")
     ap.add_argument("--grid", type=int, default=5, help="learning rates in the first factor-2 grid (odd; default 5)")
     ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per interval (default 2000)")
     ap.add_argument("--parallel", type=int, default=0, help="runs at a time (default: one per GPU, 1 on CPU)")
@@ -156,13 +159,13 @@ def parse(argv):
     device_tokens = hp.device_batch_size * hp.sequence_length
     for length in plan.lengths:
         plan.batch[length] = (hp.batch_size, hp.device_batch_size)
-        if not any(arg.startswith("--batch_size=") for arg in extra):  # equal tokens per step at every length
+        if not args.same_batch:  # equal tokens per step at every length
             batch = tokens // length
             device = max(1, min(batch, device_tokens // length))
             if tokens % length or batch % device:
                 sys.exit(f"error: {tokens} tokens per step (batch_size * sequence_length) do not split into "
-                         f"sequences of {length} and micro-batches of {device}; set --batch_size and "
-                         f"--device_batch_size yourself")
+                         f"sequences of {length} and micro-batches of {device}; change --batch_size, "
+                         f"--device_batch_size or --sequence_lengths, or pass --same_batch")
             plan.batch[length] = (batch, device)
     for arm in arms:  # every run's flags checked by its script before anything runs
         for length in plan.lengths:
