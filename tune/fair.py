@@ -34,8 +34,9 @@ the baseline's tokens (or train_time) to reach its own final mean val loss / the
 curves by linear interpolation at the first crossing (records/compare.py); its interval is a percentile bootstrap
 that resamples each arm's seeds (scipy.stats.bootstrap); the final-loss p-value is Welch's t-test.
 
-Runs have fixed ids and --resume=auto: the same command again reads finished runs back and continues killed ones
-(give --save_every=N for checkpoints to continue from). One run at a time on CPU, one per GPU at a time on CUDA.
+Runs have fixed ids and --resume=auto: the same command again reads finished (also diverged and crashed) runs back
+and continues killed ones (give --save_every=N for checkpoints to continue from; delete a crashed run's .txt to run
+it again). One run at a time on CPU, one per GPU at a time on CUDA.
 """
 import argparse
 import importlib.util
@@ -61,6 +62,7 @@ TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "ngpt2": "nGPT"}
 SET_HERE = ["seed", "run_id", "log_dir", "resume", "mup_base_width"]  # per run, by this tool
 MAX_EXTEND = 3
 FINAL = ("ok", "diverged", "crashed")  # outcomes read back; killed runs continue
+SCRIPTS = {}  # script file -> its module
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,12 +76,13 @@ def int_list(text):
     return [int(x) for x in text.split(",")]
 
 
-def load_script(script, cache={}):
-    if script not in cache:
+def load_script(script):
+    """The training script as a module (imported once), for its parse_args."""
+    if script not in SCRIPTS:
         spec = importlib.util.spec_from_file_location("fair_" + re.sub(r"\W", "_", script), os.path.join(ROOT, script))
-        cache[script] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(cache[script])
-    return cache[script]
+        SCRIPTS[script] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(SCRIPTS[script])
+    return SCRIPTS[script]
 
 
 def script_hp(plan, arm, flags, what):
@@ -514,12 +517,14 @@ def title(arm):
 
 
 def ratio(x, ci):
-    """'1.61x [1.45-1.80]' (the interval is left out when there is none)."""
+    """'1.61x [1.45-1.80]' (the interval is left out when there is none; n.r.: some resamples never reach the
+    target)."""
     if x is None:
         return "not reached"
     text = f"{x:.2f}x"
     if ci:
-        text += f" [{ci[0]:.2f}-{ci[1]:.2f}]"
+        low = f"{ci[0]:.2f}" if ci[0] > 0 else "n.r."
+        text += f" [{low}-{ci[1]:.2f}]"
     return text
 
 
@@ -560,7 +565,7 @@ def markdown(plan, blocks, head, command_line):
              f"target / the arm's, on mean-over-seeds curves, linear interpolation at the first crossing; the "
              f"fraction in the headline is its inverse. [low-high]: 95% percentile bootstrap, "
              f"{plan.resamples} resamples of each arm's seeds (scipy.stats.bootstrap; a resample that never reaches "
-             f"the target counts as 0). p: Welch's t-test on the final val losses (scipy.stats.ttest_ind, "
+             f"the target counts as 0, shown as n.r.). p: Welch's t-test on the final val losses (scipy.stats.ttest_ind, "
              f"equal_var=False).", ""]
     for (length, width), block in blocks.items():
         params = block["arms"][plan.baseline]["params"]
