@@ -334,8 +334,9 @@ def test_cli_subprocess_exit_code(tmp_path):
 
 def test_parse_parameter_count_and_loader_wraps(tmp_path):
     p = write_our_log(tmp_path / "w.txt")
-    text = p.read_text().replace("script:train_gpt2.py", 'script:train_gpt2.py\nparameters:1234 non_embedding_parameters:'
-                                 '99 (0.0M, 0.0M without the embedding and head)\n    print0(f"data_epoch:{epoch} ..")')
+    extra = ('script:train_gpt2.py\nparameters:1234 non_embedding_parameters:99 (0.0M, 0.0M without the embedding '
+             'and head)\n    print0(f"data_epoch:{epoch} ..")')
+    text = p.read_text().replace("script:train_gpt2.py", extra)
     p.write_text(text.replace("step:20/40 val_loss", "data_epoch:1 step:20 (the loader wrapped)\nstep:20/40 val_loss"))
     run = compare.parse_log(str(p))
     assert run.params == 1234 and run.data_epoch == 1       # the source's look-alike line is not a wrap

@@ -1,6 +1,5 @@
 """The tuning tools and what they check: muP coordinate check, nGPT's per-group lr rule, QK-norm, the lr sweep."""
 import math
-import os
 
 import numpy as np
 import pytest

@@ -316,8 +316,8 @@ def run_protocol(plan):
             if not all(key in results for key in keys):
                 return
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"error: stopped by signal {signum}; the same "
-                                                                 f"command continues where this stopped"))
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(
+        f"error: stopped by signal {signum}; the same command continues where this stopped"))
     try:
         for g in gens:
             advance(g)
@@ -346,6 +346,7 @@ def run_protocol(plan):
     finally:
         pool.stop()
         bar.close()
+        signal.signal(signal.SIGTERM, previous)
     print(f"fair: {counts['trained']} runs trained, {counts['read_back']} read back from {plan.logs}")
     return results, found, stages
 
@@ -565,8 +566,8 @@ def markdown(plan, blocks, head, command_line):
              f"target / the arm's, on mean-over-seeds curves, linear interpolation at the first crossing; the "
              f"fraction in the headline is its inverse. [low-high]: 95% percentile bootstrap, "
              f"{plan.resamples} resamples of each arm's seeds (scipy.stats.bootstrap; a resample that never reaches "
-             f"the target counts as 0, shown as n.r.). p: Welch's t-test on the final val losses (scipy.stats.ttest_ind, "
-             f"equal_var=False).", ""]
+             f"the target counts as 0, shown as n.r.). p: Welch's t-test on the final val losses "
+             f"(scipy.stats.ttest_ind, equal_var=False).", ""]
     for (length, width), block in blocks.items():
         params = block["arms"][plan.baseline]["params"]
         lines += [f"## Sequence length {length}, width {width}"
