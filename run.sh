@@ -12,7 +12,8 @@
 #   ./run.sh fair [...]      the fair A/B (tune/fair.py: lr search per arm, transfer check, seeds, verdict with
 #                            confidence intervals and a fairness audit) into RUN_DIR (default logs/fair); the same
 #                            command again continues it. With GPUs at the scripts' defaults on FineWeb, one run per
-#                            GPU at a time; without, on the tiny corpus (an hour or more on 2 cores).
+#                            GPU at a time; without, on the tiny corpus (57-75 runs of 300 steps: add --dry_run for
+#                            the plan).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
