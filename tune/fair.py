@@ -689,9 +689,9 @@ def verdict_json(plan, blocks, head, command_line):
            "sequence_lengths": plan.lengths, "widths": plan.widths, "proxy_widths": plan.proxies}
     if len(blocks) == 1:
         out.update(next(iter(blocks.values())))
+        return out
     for (length, width), block in blocks.items():
-        if len(blocks) > 1:
-            out.setdefault(str(length), {})[str(width)] = block
+        out.setdefault(str(length), {})[str(width)] = block
     return out
 
 
