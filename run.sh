@@ -9,9 +9,30 @@
 # or RDZV_ENDPOINT=host0:29500 instead of NODE_RANK/MASTER_ADDR (torchrun's c10d rendezvous). MAX_RESTARTS=N
 # lets torchrun restart failed workers, which then resume by themselves.
 # Without GPUs: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary), two seeds each, in minutes.
+#   ./run.sh fair [...]      the fair A/B (tune/fair.py: lr search per arm, transfer check, seeds, verdict with
+#                            confidence intervals and a fairness audit) into RUN_DIR (default logs/fair); the same
+#                            command again continues it. With GPUs at the scripts' defaults on FineWeb, one run per
+#                            GPU at a time; without, on the tiny corpus (57-75 runs of 300 steps: add --dry_run for
+#                            the plan).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
+
+TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_val_*.bin" --vocab_size=2048
+      --n_layer=4 --n_head=4 --n_embd=128 --sequence_length=128 --batch_size=16 --device_batch_size=16
+      --num_iterations=300 --warmdown_iters=90 --val_loss_every=25 --val_tokens=8192 --save_every=0)
+if [[ $# -gt 0 && $1 == fair ]]; then
+    shift
+    if [[ $($PYTHON -c "import torch; print(torch.cuda.device_count())") -gt 0 ]]; then
+        ls data/fineweb10B/fineweb_train_000025.bin >/dev/null 2>&1 || $PYTHON data/cached_fineweb10B.py 25
+        exec $PYTHON tune/fair.py --out="${RUN_DIR:-logs/fair}" "$@"
+    fi
+    echo "no GPU: the fair A/B on the tiny offline corpus on CPU (see README for the real one)"
+    ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON data/tiny.py
+    # every arm at the same 30-step warmup (GPT-2's default of 256 does not suit 300 steps); fair.py sets
+    # mup_base_width itself
+    exec $PYTHON tune/fair.py --out="${RUN_DIR:-logs/fair_tiny}" "${TINY[@]}" --warmup_iters=30 "$@"
+fi
 
 MODELS=(gpt2 ngpt2)
 if [[ $# -gt 0 && ( $1 == gpt2 || $1 == ngpt2 ) ]]; then MODELS=("$1"); shift; fi
@@ -43,16 +64,13 @@ if [[ $GPUS -gt 0 ]]; then
 else
     echo "no GPU: running the tiny offline A/B on CPU (see README for the real one)"
     ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON data/tiny.py
-    TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_val_*.bin" --vocab_size=2048
-          --n_layer=4 --n_head=4 --n_embd=128 --mup_base_width=128 --sequence_length=128 --batch_size=16
-          --device_batch_size=16 --num_iterations=300 --warmdown_iters=90 --val_loss_every=25 --val_tokens=8192
-          --save_every=0)
     # each model's best lr at this length (records/2026-11-25_tiny_cpu_ab; nGPT 2e-2, best in the 150-step
     # transfer sweep records/2026-11-25_tiny_cpu_mup_transfer, ends worse here)
     declare -A TINY_LR=([gpt2]="--learning_rate=2e-3 --warmup_iters=30" [ngpt2]="--learning_rate=1e-2")
     for seed in 0 1; do
         for model in "${MODELS[@]}"; do
-            $PYTHON "train_$model.py" "${TINY[@]}" ${TINY_LR[$model]} --seed=$seed --log_dir="$RUN_DIR" "$@"
+            $PYTHON "train_$model.py" "${TINY[@]}" --mup_base_width=128 ${TINY_LR[$model]} --seed=$seed \
+                --log_dir="$RUN_DIR" "$@"
         done
     done
 fi

@@ -52,6 +52,7 @@ def parse_log(path):
     except OSError as e:
         sys.exit(f"error: cannot read {path} ({e.strerror}); pass training logs or folders of them")
     run = SimpleNamespace(path=path, script=None, hp=None, total_steps=None, step_avg_ms=None, tokens_per_s=None,
+                          params=None, data_epoch=0,   # parameter count; loader wraps seen (data_epoch: lines)
                           val={},     # step -> (val_loss, train_time ms); a step logged again (resume) keeps the last
                           evals={})   # (name, settings, step) -> (tokens, {metric: value})
     for line in lines:
@@ -63,6 +64,10 @@ def parse_log(path):
                 run.hp = json.loads(line[len("hyperparameters:"):])
             except ValueError:
                 pass
+        elif m := re.match(r"parameters:(\d+) ", line):
+            run.params = int(m[1])
+        elif m := re.match(r"data_epoch:(\d+) ", line):
+            run.data_epoch = max(run.data_epoch, int(m[1]))
         elif m := STEP_RE.fullmatch(line):
             run.total_steps = int(m[2])
             f = fields(m[3])
@@ -254,10 +259,12 @@ def eval_table(groups, name):
     return markdown(rows, columns)
 
 
-def plot_val(plt, groups, out_dir, prefix, target):
-    """<out_dir>/<prefix>_val_vs_{step,tokens,time}.png; returns (paths, notes)."""
+def plot_val(plt, groups, out_dir, prefix, target, kinds=("step", "tokens", "time")):
+    """<out_dir>/<prefix>_val_vs_<kind>.png for each of kinds (step, tokens, time); returns (paths, notes)."""
     paths, notes = [], []
-    for kind, xlabel in (("step", "training step"), ("tokens", "training tokens"), ("time", "training time (s)")):
+    xlabels = {"step": "training step", "tokens": "training tokens", "time": "training time (s)"}
+    for kind in kinds:
+        xlabel = xlabels[kind]
         fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
         lo, hi = [target], [target]
         for i, g in enumerate(groups):

@@ -330,3 +330,14 @@ def test_cli_subprocess_exit_code(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode != 0
     assert r.stderr.startswith("error: ") and str(bad) in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_parse_parameter_count_and_loader_wraps(tmp_path):
+    p = write_our_log(tmp_path / "w.txt")
+    extra = ('script:train_gpt2.py\nparameters:1234 non_embedding_parameters:99 (0.0M, 0.0M without the embedding '
+             'and head)\n    print0(f"data_epoch:{epoch} ..")')
+    text = p.read_text().replace("script:train_gpt2.py", extra)
+    p.write_text(text.replace("step:20/40 val_loss", "data_epoch:1 step:20 (the loader wrapped)\nstep:20/40 val_loss"))
+    run = compare.parse_log(str(p))
+    assert run.params == 1234 and run.data_epoch == 1       # the source's look-alike line is not a wrap
+    assert compare.parse_log(str(write_our_log(tmp_path / "plain.txt"))).data_epoch == 0

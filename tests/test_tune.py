@@ -1,7 +1,6 @@
 """The tuning tools and what they check: muP coordinate check, nGPT's per-group lr rule, QK-norm, the lr sweep,
 the memory planner."""
 import math
-import os
 import re
 
 import numpy as np
@@ -12,7 +11,7 @@ import train_gpt2
 import train_ngpt2
 from conftest import write_shard
 from test_train import data, run_script  # noqa: F401 (data is a fixture)
-from tune import coord_check, memory, sweep
+from tune import coord_check, memory, runs, sweep
 
 FLAT = 1.5  # max / min over a 4x width range; the old nGPT rule measured 2.8 on the logit change here
 COORD_ARGS = ["--widths", "64", "128", "256", "--base_width=64", "--steps=8", "--seeds=1", "--batch=4", "--seq=32",
@@ -159,3 +158,15 @@ def test_memory_planner_names_the_flags_that_fit(capsys):
     fsdp = memory.main(argv + ["--fsdp=1"])  # sharded: weights, gradients and AdamW state divided over 8
     assert math.isclose(fsdp["weights"] * 8, est["weights"]) and fsdp["optimizer"] == 2 * fsdp["weights"]
     assert "fits:" in capsys.readouterr().out
+def test_run_outcome_from_log_and_console(tmp_path):
+    source = '    print0(f"error: train_loss is {loss}")\n'   # the log starts with the script's source
+    cases = {"ok": (source + "step:4/4 val_loss:3.5 train_time:1ms\n", "exit:0\n"),
+             "diverged": (source + "step:2/4 val_loss:3.5\nerror: train_loss is nan at step 3\n", "exit:1\n"),
+             "crashed": (source + "step:2/4 val_loss:3.5\n", "Traceback ...\nexit:1\n"),
+             "killed": (source + "step:2/4 val_loss:3.5\n", "")}
+    for status, (log, console) in cases.items():
+        (tmp_path / f"{status}.txt").write_text(log)
+        (tmp_path / f"{status}.out").write_text(console)
+        got = runs.outcome(str(tmp_path), status)
+        assert got[0] == status and (got[1] == 3.5) == (status == "ok"), (status, got)
+    assert runs.outcome(str(tmp_path), "missing")[0] == "not run"

@@ -13,15 +13,13 @@ are read back, not run again, so a stopped sweep continues where it left off (--
 runs nothing and shows what OUT holds, missing runs as 'not run'). Runs go in the order given (widths, then lrs).
 """
 import argparse
-import math
 import os
-import re
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FINAL_RE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\S+)", re.M)
+sys.path.insert(0, ROOT)
+from tune import runs  # noqa: E402  (the runner and lr plot shared with tune/fair.py)
 
 
 def parse(argv):
@@ -58,31 +56,16 @@ def command(args, extra, script, width, lr):
     return cmd + [f"--learning_rate={lr:g}", f"--log_dir={args.out}", f"--run_id={run_id(script, width, lr)}"]
 
 
-def outcome(out_dir, name, returncode):
-    """(status, final val loss or nan): ok, diverged (non-finite loss) or crashed (any other failure)."""
-    log = ""
-    for suffix in (".txt", ".out"):
-        path = os.path.join(out_dir, name + suffix)
-        if os.path.exists(path):
-            log += open(path, errors="replace").read()
-    finals = [float(v) for step, total, v in FINAL_RE.findall(log) if step == total]
-    if returncode == 0 and finals and math.isfinite(finals[-1]):
-        return "ok", finals[-1]
-    if "error: train_loss is" in log or (finals and not math.isfinite(finals[-1])):
-        return "diverged", float("nan")
-    return "crashed", float("nan")
-
-
 def run_all(args, extra, jobs):
     """Runs jobs [(script, width, lr)], `slots` at a time; returns {job: (status, loss)}."""
     import torch
     from tqdm import tqdm
     gpus = torch.cuda.device_count()
-    slots = args.parallel or max(1, gpus)
-    results, running, queue = {}, {}, []
+    pool = runs.Pool(args.parallel or max(1, gpus), gpus)
+    results, queue = {}, []
     for job in jobs:
-        done = outcome(args.out, run_id(*job), 0)
-        if not args.rerun and os.path.exists(os.path.join(args.out, run_id(*job) + ".txt")) and done[0] != "crashed":
+        done = runs.outcome(args.out, run_id(*job))
+        if not args.rerun and done[0] in ("ok", "diverged"):
             results[job] = done
         elif args.report:
             results[job] = ("not run", float("nan"))
@@ -91,24 +74,18 @@ def run_all(args, extra, jobs):
     if results:
         print(f"sweep: {len(results)} runs already in {args.out} read back (--rerun runs them again)")
     bar = tqdm(total=len(queue), desc="sweep", unit="run")
-    while queue or running:
-        while queue and len(running) < slots:
-            job = queue.pop(0)
-            slot = next(s for s in range(slots) if s not in {s for s, _ in running.values()})
-            env = dict(os.environ)
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            console = open(os.path.join(args.out, run_id(*job) + ".out"), "w")
-            proc = subprocess.Popen(command(args, extra, *job), stdout=console, stderr=subprocess.STDOUT, env=env,
-                                    cwd=ROOT)
-            running[proc] = (slot, job)
-        time.sleep(0.2)
-        for proc in [p for p in running if p.poll() is not None]:
-            _, job = running.pop(proc)
-            results[job] = outcome(args.out, run_id(*job), proc.returncode)
-            bar.update(1)
-            bar.write(f"run:{run_id(*job)} status:{results[job][0]} val_loss:{results[job][1]:.4f}")
-    bar.close()
+    try:
+        while queue or pool.running:
+            while queue and pool.free():
+                job = queue.pop(0)
+                pool.start(job, command(args, extra, *job), os.path.join(args.out, run_id(*job) + ".out"))
+            for job in pool.wait():
+                results[job] = runs.outcome(args.out, run_id(*job))
+                bar.update(1)
+                bar.write(f"run:{run_id(*job)} status:{results[job][0]} val_loss:{results[job][1]:.4f}")
+    finally:
+        pool.stop()
+        bar.close()
     return results
 
 
@@ -130,30 +107,12 @@ def table(args, results):
 
 
 def plot(args, results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(args.scripts), figsize=(5.5 * len(args.scripts), 4), squeeze=False)
-    for ax, script in zip(axes[0], args.scripts):
-        finite = [loss for (s, _, _), (status, loss) in results.items() if s == script and status == "ok"]
-        top = max(finite) if finite else 1.0
-        for width in args.widths:
-            rows = [(lr, *results[(script, width, lr)]) for lr in sorted(args.lrs)]
-            line, = ax.plot([lr for lr, status, _ in rows if status == "ok"],
-                            [loss for _, status, loss in rows if status == "ok"], "o-", label=f"width {width}")
-            failed = [lr for lr, status, _ in rows if status in ("diverged", "crashed")]  # at the top, as crosses
-            ax.plot(failed, [top] * len(failed), "x", color=line.get_color(), markersize=10)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(args.lrs), [f"{lr:g}" for lr in sorted(args.lrs)], minor=False)
-        ax.minorticks_off()
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("final val loss")
-        ax.set_title(f"train_{script}.py (x: diverged or crashed)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    panels = []
+    for script in args.scripts:
+        lines = [(f"width {width}", [(lr, *results[(script, width, lr)]) for lr in args.lrs], None)
+                 for width in args.widths]
+        panels.append((f"train_{script}.py", lines))
+    runs.plot_lr(panels, path)
 
 
 def main(argv=None):
