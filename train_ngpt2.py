@@ -1164,6 +1164,18 @@ def open_run(hp, master, on_cuda):
     return resume
 
 
+def close_run(on_cuda):
+    """The log's last line, the peak memory; then the log is closed (main() may run again in this process)."""
+    global log_file
+    if on_cuda:
+        print0(f"peak_memory:{torch.cuda.max_memory_allocated() / 2**20:.0f}MiB (cuda allocated)")
+    else:
+        print0(f"peak_memory:{peak_rss_kib() / 1024:.0f}MiB (process max rss)")
+    if log_file is not None:
+        log_file.close()
+        log_file = None
+
+
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
     rank, world, local_rank, device = start_processes(hp)
@@ -1302,10 +1314,7 @@ def main(argv=None):
 
     if hp.save_every:
         checkpoint(hp.num_iterations, train_loader.state(), "end")
-    if on_cuda:
-        print0(f"peak_memory:{torch.cuda.max_memory_allocated() / 2**20:.0f}MiB (cuda allocated)")
-    else:
-        print0(f"peak_memory:{peak_rss_kib() / 1024:.0f}MiB (process max rss)")
+    close_run(on_cuda)
     if dist.is_initialized():
         dist.barrier()  # no rank tears down the process group while another still uses it
         # Free DDP's reducer while the process group is still registered: if the reducer held the last reference,
