@@ -167,29 +167,32 @@ def test_ranks_read_disjoint_data_covering_the_stream(tmp_path):
     assert sorted(torch.cat(seen).tolist()) == list(range(96))
 
 
-def test_loader_state_round_trip_crosses_shards(tmp_path):
+def two_shard_loader(tmp_path, rank=0, world=1):
+    """Batches of 2 x 10 tokens from two 100-token shards holding 0..99 and 100..199."""
     write_shard(tmp_path / "s_train_000001.bin", np.arange(100))
     write_shard(tmp_path / "s_train_000002.bin", np.arange(100, 200))
-    loader = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, 0, 1, 1000)
+    return train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, rank, world, 1000)
+
+
+def test_loader_state_round_trip_crosses_shards(tmp_path):
+    loader = two_shard_loader(tmp_path)
     for _ in range(4):
         loader.next_batch("cpu")
     state = loader.state()
     expected = [loader.next_batch("cpu")[0] for _ in range(6)]
-    fresh = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, 0, 1, 1000)
+    fresh = two_shard_loader(tmp_path)
     fresh.load_state(state)
     assert all(torch.equal(a, fresh.next_batch("cpu")[0]) for a in expected)
     assert expected[0].min() >= 100  # 4 batches of 20 tokens leave no room for a fifth in a 100-token shard
 
 
 def test_a_position_saved_with_fewer_processes_never_gives_a_short_slice(tmp_path):
-    write_shard(tmp_path / "s_train_000001.bin", np.arange(100))
-    write_shard(tmp_path / "s_train_000002.bin", np.arange(100, 200))
-    one = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, 0, 1, 1000)
+    one = two_shard_loader(tmp_path)
     for _ in range(3):
         one.next_batch("cpu")
     state = one.state()  # offset 60: one more 20-token window fits for one process, not for two
     for rank in range(2):
-        two = train_gpt2.DataLoader(str(tmp_path / "s_train_*.bin"), 2, 10, rank, 2, 1000)
+        two = two_shard_loader(tmp_path, rank, 2)
         two.load_state(state)
         x, y = two.next_batch("cpu")
         assert x.shape == y.shape == (2, 10) and x.min() >= 100  # the second shard's window, whole
