@@ -41,9 +41,12 @@ def average(paths, out):
     ckpts = [read_checkpoint(path) for path in paths]
     check_same_run(paths, ckpts)
     first = ckpts[0]
-    weights = [build_model(path, ckpt, "cpu")[2].state_dict() for path, ckpt in zip(paths, ckpts)]
-    module, _, model = build_model(paths[0], first, "cpu")
-    state = {name: (sum(w[name].float() for w in weights) / len(weights)).to(t.dtype) for name, t in weights[0].items()}
+    built = [build_model(path, ckpt, "cpu") for path, ckpt in zip(paths, ckpts)]
+    weights = [model.state_dict() for _, _, model in built]
+    state = {}
+    for name, tensor in weights[0].items():
+        state[name] = (sum(w[name].float() for w in weights) / len(weights)).to(tensor.dtype)
+    module, _, model = built[0]
     model.load_state_dict(state)
     model.post_step()  # the script's own constraint after every optimizer step (nGPT: unit-norm matrices)
     merged = dict(step=max(int(c["step"]) for c in ckpts), hyperparameters=first["hyperparameters"],
