@@ -58,6 +58,10 @@ SHAPES = {"speedrun": dict(n_layer=12, n_head=12, n_embd=768), "1B": dict(n_laye
 DEFAULT_BATCH = {"speedrun": 64, "1B": 16}  # device batch of 1024-token sequences: train_*.py's default for speedrun
 EPS = 1e-6
 LINES = []
+# dense bf16 tensor-core peak TFLOPS of one GPU (NVIDIA datasheets) by device name, first match wins; H100 SXM
+# reports itself as "H100 80GB HBM3". Other names get no MFU unless --peak_tflops is given.
+PEAK_BF16_TFLOPS = [("H100 80GB HBM3", 989), ("H100 SXM", 989), ("H100 NVL", 835), ("H100 PCIe", 756),
+                    ("H200 NVL", 835), ("H200", 989), ("B200", 2250), ("A100", 312), ("L40S", 362), ("RTX 4090", 165)]
 STAGES = ("tests", "compile", "kernels", "steps", "run", "more_tests")
 # seconds each stage is expected to take on one H200 (README, GPU validation: from FLOP and byte counts with compiles
 # of 40-90 s per model), and under --quick on 2 CPU cores; --budget_s skips a stage that would not fit
@@ -233,6 +237,28 @@ def train_step(hp, model, run, optimizer, x, y):
     return loss
 
 
+def peak_flops(device_name, peak_tflops=0.0):
+    """One GPU's dense bf16 peak in FLOP/s: peak_tflops if given, else by device name; None when unknown."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    return next((tflops * 1e12 for name, tflops in PEAK_BF16_TFLOPS if name in device_name), None)
+
+
+def flops_per_token(cfg, hp):
+    """Training FLOPs per token: 6 per matmul weight (2 forward, 4 backward; the embedding lookup has none) plus
+    causal attention: q.k and att.v cost 2 * n_embd * T each per layer forward over all T keys, half of that
+    under the causal mask, and backward doubles it again (6 * n_embd * T per layer in all)."""
+    return 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 6 * hp.n_layer * hp.n_embd * hp.sequence_length
+
+
+def mfu(cfg, hp, tokens_per_s, args):
+    """Model FLOPs utilization of one GPU at tokens_per_s, as "45.1%", or "" when the GPU's peak is unknown."""
+    peak = peak_flops(torch.cuda.get_device_name() if CUDA else "cpu", args.peak_tflops)
+    if not peak:
+        return ""
+    return f"{100 * flops_per_token(cfg, hp) * tokens_per_s / peak:.1f}%"
+
+
 def step_time(name, prepared, label, args):
     """Median ms of one optimizer step at hp's device batch (after 3 warm-up steps) and its MFU; emits a step: line."""
     hp, model, run, optimizer = prepared
@@ -251,13 +277,10 @@ def step_time(name, prepared, label, args):
     if CUDA:
         memory_mib = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
     tokens_per_s = hp.device_batch_size * hp.sequence_length / (ms / 1000)
-    peak = train_gpt2.peak_flops(hp, torch.cuda.get_device_name() if CUDA else "cpu")
-    mfu = ""
-    if peak:
-        mfu = f"{100 * train_gpt2.flops_per_token(model.config(), hp) * tokens_per_s / peak:.1f}%"
+    utilization = mfu(model.config(), hp, tokens_per_s, args)
     emit(f"step:{name} {label} batch:{hp.device_batch_size} seq:{hp.sequence_length} ms:{ms:.2f} "
-         f"tokens_per_s:{tokens_per_s:.0f}{' mfu:' + mfu if mfu else ''} peak_memory_MiB:{memory_mib}")
-    return ms, mfu
+         f"tokens_per_s:{tokens_per_s:.0f}{' mfu:' + utilization if utilization else ''} peak_memory_MiB:{memory_mib}")
+    return ms, utilization
 
 
 def bench_steps(args, run_triton, renorm_ms):
@@ -498,16 +521,16 @@ def stage_steps(args, record, state):
     record.command("python bench.py --validate --stages=steps: in this process, on the compile stage's models, 3 "
                    f"warm-up and {args.step_reps} timed steps each")
     ms = {}
-    mfu = {}
+    utilization = {}
     for name in SCRIPTS:
-        ms[name], mfu[name] = step_time(name, compiled(name, args, state), "kernels:triton", args)
+        ms[name], utilization[name] = step_time(name, compiled(name, args, state), "kernels:triton", args)
     renorm = ""
     if ("float32", "triton") in state.get("renorm_ms", {}):
         renorm = f" renorm_pct_of_ngpt_step:{100 * state['renorm_ms']['float32', 'triton'] / ms['ngpt2']:.2f}"
     emit(f"ab:ngpt/gpt kernels:triton gpt_ms:{ms['gpt2']:.2f} ngpt_ms:{ms['ngpt2']:.2f} "
          f"ratio:{ms['ngpt2'] / ms['gpt2']:.3f}{renorm}")
     return True, (f"gpt_ms:{ms['gpt2']:.1f} ngpt_ms:{ms['ngpt2']:.1f} ratio:{ms['ngpt2'] / ms['gpt2']:.3f} "
-                  f"gpt_mfu:{mfu['gpt2'] or 'n/a'} ngpt_mfu:{mfu['ngpt2'] or 'n/a'}")
+                  f"gpt_mfu:{utilization['gpt2'] or 'n/a'} ngpt_mfu:{utilization['ngpt2'] or 'n/a'}")
 
 
 def token_flags(args, tmp):
@@ -564,9 +587,15 @@ def stage_run(args, record, state):
                 signal.signal(signal.SIGTERM, handlers[0])  # main() installed its save-on-signal handlers
                 signal.signal(signal.SIGINT, handlers[1])
             text = open(log).read() if os.path.exists(log) else ""
+            tokens_per_s = last(r"^step:\d+/\d+ train_loss:.* tokens_per_s:(\d+)", text)
+            utilization = ""
+            if tokens_per_s != "n/a":  # the logged throughput against this GPU's peak (one process here)
+                hp = module.parse_args(argv)
+                with torch.device("meta"):
+                    utilization = mfu(module.GPT(hp).config(), hp, float(tokens_per_s), args)
             results[name] = dict(val_loss=last(r"^step:\d+/\d+ val_loss:(\S+)", text),
                                  step_avg=last(r"^step:\d+/\d+ train_loss:.* step_avg:([\d.]+)ms", text),
-                                 mfu=last(r"^step:\d+/\d+ train_loss:.* mfu:([\d.]+%)", text),
+                                 mfu=utilization or "n/a",
                                  warmup=last(r"^compile_warmup:(\d+)ms", text),
                                  peak=last(r"^peak_memory:(\d+)MiB", text))
             ok = ok and not code and results[name]["val_loss"] != "n/a"
@@ -656,6 +685,8 @@ def main(argv=None):
     parser.add_argument("--compile_cpu", action="store_const", const="inductor", default="",
                         help="also torch.compile on CPU (slow to compile)")
     parser.add_argument("--skip_steps", action="store_true", help="only the kernel and renorm benchmarks")
+    parser.add_argument("--peak_tflops", type=float, default=0.0,
+                        help="one GPU's dense bf16 peak for MFU (0: looked up by the exact device name)")
     args = parser.parse_args(argv)
     args.argv = list(argv or [])
     if not CUDA and not args.quick:

@@ -70,7 +70,6 @@ class Hyperparameters:
     compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
     kernels: str = ""  # "triton", "torch" or "" (triton on cuda, torch on cpu)
     param_dtype: str = "float32"  # storage of matrix weights: float32 or bfloat16 (the nGPT paper's setting)
-    peak_tflops: float = 0.0  # one GPU's dense bf16 peak for MFU (0: looked up by the exact device name)
     fsdp: int = 0  # 1: shard weights, gradients and optimizer state over the processes (FSDP2); 0: DDP
     activation_checkpointing: int = 0  # 1: recompute each block's activations in the backward pass (less memory)
     resume: str = ""  # checkpoint directory to continue from, or "auto": run_id's newest; this command line applies
@@ -152,8 +151,6 @@ def parse_args(argv):
     if hp.warmup_iters > hp.num_iterations or (hp.schedule == "wsd" and hp.warmdown_iters > hp.num_iterations):
         sys.exit(f"error: warmup_iters={hp.warmup_iters} and warmdown_iters={hp.warmdown_iters} must each fit in "
                  f"num_iterations={hp.num_iterations}; lower them with --warmup_iters=... --warmdown_iters=...")
-    if hp.peak_tflops < 0:
-        sys.exit(f"error: --peak_tflops={hp.peak_tflops} must be >= 0 (0: look the peak up by device name)")
     if hp.n_embd % hp.n_head or (hp.n_embd // hp.n_head) % 2:
         sys.exit(f"error: n_embd={hp.n_embd} must split into n_head={hp.n_head} heads of even size (RoPE)")
     if hp.resume == "auto" and not hp.run_id:
@@ -823,10 +820,6 @@ def lr_multiplier(step, hp):
     return 1.0 - (1.0 - hp.final_lr_frac) * shape
 
 # ============================================================================ training loop
-# dense bf16 tensor-core peak TFLOPS of one GPU (NVIDIA datasheets) by device name, first match wins; H100
-# SXM reports itself as "H100 80GB HBM3". Other names log no MFU unless --peak_tflops is given.
-PEAK_BF16_TFLOPS = [("H100 80GB HBM3", 989), ("H100 SXM", 989), ("H100 NVL", 835), ("H100 PCIe", 756),
-                    ("H200 NVL", 835), ("H200", 989), ("B200", 2250), ("A100", 312), ("L40S", 362), ("RTX 4090", 165)]
 stop_signal = 0
 log_file = None  # the run's log, open on rank 0 only
 
@@ -848,20 +841,6 @@ def environment_report(device):
     else:
         lines.append(f"cpu:{platform.processor() or platform.machine()} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
-
-
-def peak_flops(hp, device_name):
-    """One GPU's dense bf16 peak in FLOP/s: --peak_tflops, else by device name; None when unknown."""
-    if hp.peak_tflops:
-        return hp.peak_tflops * 1e12
-    return next((tflops * 1e12 for name, tflops in PEAK_BF16_TFLOPS if name in device_name), None)
-
-
-def flops_per_token(cfg, hp):
-    """Training FLOPs per token: 6 per matmul weight (2 forward, 4 backward; the embedding lookup has none) plus
-    causal attention: q.k and att.v cost 2 * n_embd * T each per layer forward over all T keys, half of that
-    under the causal mask, and backward doubles it again (6 * n_embd * T per layer in all)."""
-    return 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 6 * hp.n_layer * hp.n_embd * hp.sequence_length
 
 
 def peak_rss_kib():
@@ -979,8 +958,8 @@ def gradient_norm(model):
     return norm
 
 
-def log_run(hp, cfg, device, world, micro_batches, use_compile, peak):
-    """The run's header lines, after the source and versions: what was built, how it runs, the MFU peak."""
+def log_run(hp, cfg, device, world, micro_batches, use_compile):
+    """The run's header lines, after the source and versions: what was built and how it runs."""
     print0(f"script:{os.path.basename(__file__)}")
     print0(f"parameters:{cfg['params']} non_embedding_parameters:{cfg['non_embedding_params']} "
            f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
@@ -991,10 +970,6 @@ def log_run(hp, cfg, device, world, micro_batches, use_compile, peak):
         mode = "fsdp init:rank0_broadcast" if hp.fsdp else "ddp"
     print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
-    if peak:
-        print0(f"mfu_peak:{peak / 1e12:.0f}TFLOPS per device")
-    elif device.startswith("cuda"):
-        print0(f"mfu_peak:unknown for {torch.cuda.get_device_name()} (no mfu in the log; set --peak_tflops)")
 
 
 def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
@@ -1225,8 +1200,7 @@ def main(argv=None):
         model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
 
     cfg = raw_model.config()
-    peak = peak_flops(hp, torch.cuda.get_device_name() if on_cuda else "cpu")
-    log_run(hp, cfg, device, world, micro_batches, use_compile, peak)
+    log_run(hp, cfg, device, world, micro_batches, use_compile)
     if resume:  # the command line's values apply from here on
         saved = state["hyperparameters"]
         changes = " ".join(f"{k}:{saved[k]}->{v}" for k, v in dataclasses.asdict(hp).items()
@@ -1234,7 +1208,6 @@ def main(argv=None):
         print0(f"resumed_from:{resume} at_step:{start_step} train_time:{train_time_ms:.0f}ms")
         print0(f"resume_changes: {changes or 'none'}")
     tokens_per_step = hp.batch_size * hp.sequence_length
-    model_flops = flops_per_token(cfg, hp)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
@@ -1298,10 +1271,9 @@ def main(argv=None):
             train_time_ms += 1000 * (time.perf_counter() - t0)
             timed_steps += 1
             step_avg = train_time_ms / timed_steps
-            tokens_per_s = tokens_per_step / (step_avg / 1000)
-            mfu = f" mfu:{100 * model_flops * tokens_per_s / (peak * world):.1f}%" if peak else ""
             print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss:.4f} grad_norm:{grad_norm.item():.4f} "
-                   f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens_per_s:{tokens_per_s:.0f}{mfu}")
+                   f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms "
+                   f"tokens_per_s:{tokens_per_step / (step_avg / 1000):.0f}")
             if train_loader.epoch > epoch:  # the loader wrapped to its first shard in this step: the data repeats
                 epoch = train_loader.epoch
                 print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of "

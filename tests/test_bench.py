@@ -38,7 +38,7 @@ def test_without_a_gpu_it_stops_at_once_naming_the_cpu_smoke_run(argv):
 
 def test_validate_quick_runs_every_stage_into_the_record(tmp_path):
     record = tmp_path / "record"
-    out = run_bench("--validate", "--quick", f"--record_dir={record}")
+    out = run_bench("--validate", "--quick", f"--record_dir={record}", "--peak_tflops=1")  # an MFU on CPU too
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert stage_lines(out.stdout) == [(stage, "ok") for stage in bench.STAGES]
     results = (record / "results.txt").read_text().splitlines()  # each stage's line, as printed when it ended
@@ -48,7 +48,8 @@ def test_validate_quick_runs_every_stage_into_the_record(tmp_path):
     assert re.search(r"^kernel:ngpt_residual .* pass:fwd\+bwd impl:triton ms:[\d.]+", out.stdout, re.M)
     assert re.search(r"^ab:ngpt/gpt kernels:triton gpt_ms:[\d.]+ ngpt_ms:[\d.]+", out.stdout, re.M)
     for name in bench.SCRIPTS:
-        assert re.search(rf"^run:{name} exit:0 steps:3 val_loss:[\d.]+ step_avg:[\d.]+", out.stdout, re.M)
+        assert re.search(rf"^run:{name} exit:0 steps:3 val_loss:[\d.]+ step_avg:[\d.]+ mfu:[\d.]+%", out.stdout, re.M)
+        assert re.search(rf"^step:{name} kernels:triton .* mfu:[\d.]+%", out.stdout, re.M)
     readme = (record / "README.md").read_text()
     assert all(f"## {stage}: ok" in readme for stage in bench.STAGES)
     assert readme.count("- command: ") >= len(bench.STAGES) + 1  # the run stage lists both scripts' commands
@@ -84,3 +85,12 @@ def test_a_failed_stage_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch)
     assert re.search(r"^stage:more_tests status:ok", results, re.M)
     assert "injected failure" in (record / "compile_error.txt").read_text()
     assert "compile_error.txt" in listed_files((record / "README.md").read_text())
+
+
+def test_peak_flops_by_exact_device_name_and_override():
+    peaks = {name: bench.peak_flops(name) for name in
+             ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA H200")}
+    assert peaks["NVIDIA H100 PCIe"] < peaks["NVIDIA H100 NVL"] < peaks["NVIDIA H100 80GB HBM3"]  # not SXM for all
+    assert peaks["NVIDIA H200"] == peaks["NVIDIA H100 80GB HBM3"] and peaks["NVIDIA A100-SXM4-80GB"] < 0.5e15
+    assert bench.peak_flops("NVIDIA Mystery GPU") is None
+    assert bench.peak_flops("NVIDIA Mystery GPU", peak_tflops=100) == 100e12

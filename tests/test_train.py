@@ -403,13 +403,3 @@ def test_compiled_run_warms_up_untimed_and_matches_eager(data, tmp_path):
     a, b = losses(eager, "train_loss"), losses(compiled, "train_loss")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]  # the warm-up steps left no trace in the step count...
     assert all(abs(a[s] - b[s]) < 1e-3 for s in a), (a, b)  # ...nor in the weights, optimizer or data position
-
-
-def test_peak_flops_by_exact_device_name_and_override():
-    hp = hp_for(train_gpt2)
-    peaks = {name: train_gpt2.peak_flops(hp, name) for name in
-             ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA H200")}
-    assert peaks["NVIDIA H100 PCIe"] < peaks["NVIDIA H100 NVL"] < peaks["NVIDIA H100 80GB HBM3"]  # not SXM for all
-    assert peaks["NVIDIA H200"] == peaks["NVIDIA H100 80GB HBM3"] and peaks["NVIDIA A100-SXM4-80GB"] < 0.5e15
-    assert train_gpt2.peak_flops(hp, "NVIDIA Mystery GPU") is None
-    assert train_gpt2.peak_flops(hp_for(train_gpt2, "--peak_tflops=100"), "NVIDIA Mystery GPU") == 100e12
