@@ -75,7 +75,7 @@ class Hyperparameters:
     resume: str = ""  # checkpoint directory to continue from, or "auto": run_id's newest; this command line applies
     log_dir: str = "logs"  # where logs/<run_id>.txt and checkpoints go
     run_id: str = ""  # name of the log and checkpoint ("" picks script, seed and time; fix it for --resume=auto)
-    preset: str = ""  # model shape by name (--help lists them); explicit --n_layer, --n_embd, ... flags win
+    preset: str = ""  # model shape by name (PRESETS below); explicit --n_layer, --n_embd, ... flags win
     # schedule
     schedule: str = "wsd"  # "wsd" (warmup, constant, cooldown) or "cosine"
     warmdown_iters: int = 1400  # wsd: steps of the final cooldown
@@ -165,27 +165,12 @@ def parse_args(argv):
 
 def print_help(hp, fields):
     helps = field_help()
-    print(f"usage: {os.path.basename(__file__)} [--name=value ...]\n")
+    script = os.path.basename(__file__)
+    print(f"usage: {script} [--name=value ...]\n")
     for name, f in fields.items():
         print(f"  {f'--{name}={getattr(hp, name)}':<52} {f.type.__name__:<6} {helps.get(name, '')}")
-    params, non_embedding = count_params(hp)
-    print(f"\nthe model above: {params / 1e6:.1f}M parameters, {non_embedding / 1e6:.1f}M without the embedding "
-          f"and head ({params:,} and {non_embedding:,})")
-    print(f"\npresets (--preset=NAME; shape {', '.join(SHAPE)}; counted with vocab_size={hp.vocab_size}):")
-    for name, shape in PRESETS.items():
-        preset = dataclasses.replace(hp, **dict(zip(SHAPE, shape)))
-        if not preset.mlp_hidden:
-            preset.mlp_hidden = preset.mlp_ratio * preset.n_embd
-        params, _ = count_params(preset)
-        print(f"  {name:<10} {str(tuple(getattr(preset, k) for k in SHAPE)):<24} {params / 1e6:>9.1f}M parameters "
-              f"({params:,})")
-
-
-def count_params(hp):
-    """(total, non-embedding) parameter counts of the model hp describes, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        config = GPT(hp).config()
-    return config["params"], config["non_embedding_params"]
+    print(f"\npresets: {', '.join(PRESETS)}; any setting's parameters and memory per GPU: "
+          f"python tune/memory.py {script[len('train_'):-len('.py')]} --preset=NAME [--name=value ...]")
 
 # ============================================================================ model
 class Rotary(nn.Module):
@@ -345,12 +330,6 @@ class GPT(nn.Module):
 
     def post_step(self):
         normalize_weights_(self.normalized_matrices(), self.hp.norm_eps, self.hp.kernels)  # sec 2.6 step 7
-
-    def activation_elements(self):
-        """Elements the backward pass keeps per token (counted with saved-tensor hooks on CPU): per block, 18 widths
-        (GPT's plus q/k normalization and the two residual updates' inner tensors) and 6 MLP widths (fc output,
-        the two scaled halves, SiLU, product); outside the blocks, the scaled logits and the log-softmax."""
-        return 18 * self.hp.n_embd + 6 * self.hp.mlp_hidden, self.hp.n_embd + 2 * self.hp.vocab_size
 
     def config(self):
         params = sum(p.numel() for p in self.parameters())

@@ -14,6 +14,7 @@ import torch.distributed.checkpoint as dcp
 import train_gpt2
 import train_ngpt2
 from test_train import ROOT, SCRIPTS, TINY, data, losses, run_script  # noqa: F401 (data is a fixture)
+from tune import memory
 
 STEPS = TINY + ["--num_iterations=6", "--device_batch_size=2", "--val_loss_every=3", "--grad_clip=0.05"]
 
@@ -28,17 +29,17 @@ def expected_params(name, L, d, m, V):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_presets_build_on_meta_with_the_counts_help_states(name, capsys):
-    with pytest.raises(SystemExit) as exit_code:
-        SCRIPTS[name].parse_args(["--help", "--vocab_size=32768"])
-    assert exit_code.value.code == 0
-    out = capsys.readouterr().out
-    stated = {m[0]: int(m[1].replace(",", "")) for m in re.findall(r"^  (\S+) +\(.*\) +[\d.]+M parameters \(([\d,]+)\)",
-                                                                  out, re.M)}
-    assert sorted(stated) == sorted(SCRIPTS[name].PRESETS)
+def test_presets_build_on_meta_with_the_counts_the_planner_states(name, capsys):
+    stated = {}
     for preset, (L, _, d, m) in SCRIPTS[name].PRESETS.items():
+        memory.main([name, f"--preset={preset}", "--vocab_size=32768", "--gpu_gib=80"])
+        stated[preset] = int(re.search(r"^memory: script:\S+ parameters:(\d+) ", capsys.readouterr().out, re.M).group(1))
         assert stated[preset] == expected_params(name, L, d, m or 4 * d, 32768), preset
     assert stated["0.5b"] > 0.45e9 and stated["1b"] > 0.95e9 and stated["13b"] > 12e9
+    with pytest.raises(SystemExit) as exit_code:  # --help names the presets and the planner
+        SCRIPTS[name].parse_args(["--help"])
+    assert exit_code.value.code == 0
+    assert f"presets: {', '.join(SCRIPTS[name].PRESETS)};" in capsys.readouterr().out
 
 
 def test_explicit_flags_win_over_the_preset_in_any_order():

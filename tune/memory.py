@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Per-GPU memory of a planned run of train_gpt2.py or train_ngpt2.py, and whether it fits: weights, gradients,
-AdamW state, buffers and the activations of one micro-batch, for a process count and the scripts' own flags.
+"""Parameters and per-GPU memory of a planned run of train_gpt2.py or train_ngpt2.py, and whether it fits: weights,
+gradients, AdamW state, buffers and the activations of one micro-batch, for a process count and the scripts' own
+flags (--preset=NAME: the scripts' PRESETS).
 
 python tune/memory.py gpt2                                           # the default run on one GPU
 python tune/memory.py ngpt2 --preset=1b --fsdp=1 --device_batch_size=4 --sequence_length=4096 --processes=8
@@ -10,8 +11,8 @@ Every --name=value other than --processes and --gpu_gib is the script's own flag
 parse_args (so --preset works and bad flags get its errors; `python train_gpt2.py --help` lists them). Weights,
 gradients and the two AdamW moments take 4 bytes per element (matrices 2 with --param_dtype=bfloat16) and are
 divided over the processes with --fsdp=1; buffers are FSDP's gathered root and largest matrix (with its prefetch)
-or DDP's gradient buckets; activations are the model's own count of what backward keeps per token
-(activation_elements(), counted on CPU with saved-tensor hooks), 2 bytes each under bf16 autocast (every CUDA run;
+or DDP's gradient buckets; activations are the count of what backward keeps per token (activation_elements(),
+counted on CPU with saved-tensor hooks), 2 bytes each under bf16 autocast (every CUDA run;
 --device=cpu plans fp32 unless --param_dtype=bfloat16). A run fits when the total is within 95% of the GPU's
 memory (default: this machine's first GPU). It is an estimate: a CPU test holds it within 25% of measured memory.
 """
@@ -33,6 +34,27 @@ USABLE = 0.95  # of the GPU's memory: the allocator's fragmentation and the CUDA
 PARTS = ("weights", "gradients", "optimizer", "buffers", "activations", "total")
 
 
+def activation_elements(hp, model):
+    """(per block, outside the blocks): elements the backward pass keeps per token, counted on CPU with saved-tensor
+    hooks. GPT ("gpt"), per block: 12 widths (block input, two norms' input, output and inner product, q and k after
+    RoPE, qkv, attention output) and 4 MLP widths (fc output, SiLU, product), 2 widths more with qk_norm
+    (normalized q and k); outside, the final norm and the log-softmax. nGPT ("ngpt"), per block: 18 widths (GPT's
+    plus q/k normalization and the two residual updates' inner tensors) and 6 MLP widths (fc output, the two scaled
+    halves, SiLU, product); outside, the scaled logits and the log-softmax."""
+    if model == "gpt":
+        per_block = 12 * hp.n_embd + 4 * hp.mlp_hidden
+        if hp.qk_norm:
+            per_block += 2 * hp.n_embd
+        return per_block, 3 * hp.n_embd + hp.vocab_size
+    return 18 * hp.n_embd + 6 * hp.mlp_hidden, hp.n_embd + 2 * hp.vocab_size
+
+
+def parameters(module, hp):
+    """The model's parameter count, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return module.GPT(hp).config()["params"]
+
+
 def estimate(module, hp, processes):
     """Bytes per process of the run hp describes on `processes` processes (torchrun's world size)."""
     with torch.device("meta"):
@@ -43,7 +65,7 @@ def estimate(module, hp, processes):
 
     weights = size(model.parameters())
     matrices = [size([m.weight]) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
-    per_block, outside = model.activation_elements()
+    per_block, outside = activation_elements(hp, model.config()["model"])
     tokens = hp.device_batch_size * hp.sequence_length
     blocks_kept = hp.n_layer * per_block
     if hp.activation_checkpointing:  # each block's input, and one block recomputed at a time
@@ -104,7 +126,9 @@ def main(argv=None):
     mode = "single"
     if args.processes > 1 or hp.fsdp:
         mode = "fsdp" if hp.fsdp else "ddp"
-    print(f"memory: script:train_{args.script}.py n_layer:{hp.n_layer} n_embd:{hp.n_embd} mode:{mode} "
+    params = parameters(module, hp)
+    print(f"memory: script:train_{args.script}.py parameters:{params} ({params / 1e6:.1f}M) n_layer:{hp.n_layer} "
+          f"n_head:{hp.n_head} n_embd:{hp.n_embd} mlp_hidden:{hp.mlp_hidden} mode:{mode} "
           f"processes:{args.processes} param_dtype:{hp.param_dtype} device_batch_size:{hp.device_batch_size} "
           f"sequence_length:{hp.sequence_length} activation_checkpointing:{hp.activation_checkpointing}")
     for part in PARTS:
