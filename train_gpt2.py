@@ -95,12 +95,10 @@ class Hyperparameters:
     warmup_iters: int = 256  # steps of linear learning-rate warmup
     qk_norm: int = 0  # 1: QK-norm baseline, q and k normalized per head after RoPE with a learned per-head gain
 
-
 def field_help():
     """Each field's trailing comment in the source above, for --help."""
     lines = inspect.getsource(Hyperparameters).splitlines()
     return {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines if ": " in line and "#" in line}
-
 
 # --preset=NAME: (n_layer, n_head, n_embd, mlp_hidden); mlp_hidden 0 means mlp_ratio * n_embd. Heads of 64-128.
 PRESETS = {
@@ -113,7 +111,6 @@ PRESETS = {
     "13b": (40, 40, 5120, 13824),  # Llama-2-13B's shape
 }
 SHAPE = ("n_layer", "n_head", "n_embd", "mlp_hidden")
-
 
 def parse_args(argv):
     hp = Hyperparameters()
@@ -160,7 +157,6 @@ def parse_args(argv):
         sys.exit(0)
     return hp
 
-
 def print_help(hp, fields):
     helps = field_help()
     script = os.path.basename(__file__)
@@ -190,7 +186,6 @@ class Rotary(nn.Module):
         x1, x2 = x.float().chunk(2, dim=-1)
         return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
 
-
 class RMSNorm(nn.Module):
     def __init__(self, dim, kernels):
         super().__init__()
@@ -205,7 +200,6 @@ class RMSNorm(nn.Module):
         """(x + branch, RMSNorm(x + branch)): the residual add and this norm in one pass."""
         d = x.shape[-1]
         return add_norm(x, branch, self.gain * math.sqrt(d), d * 1e-6, self.kernels)
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, hp):
@@ -235,7 +229,6 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
-
 class MLP(nn.Module):
     def __init__(self, hp):
         super().__init__()
@@ -246,7 +239,6 @@ class MLP(nn.Module):
     def forward(self, x):
         u, v = self.fc(x).chunk(2, dim=-1)
         return self.proj(u * F.silu(v))
-
 
 class Block(nn.Module):
     def __init__(self, hp):
@@ -261,7 +253,6 @@ class Block(nn.Module):
         norm1 or the final norm): each residual add runs fused with the norm that reads its result."""
         x, y = self.norm2.add(x, self.attn(y))
         return next_norm.add(x, self.mlp(y))
-
 
 class GPT(nn.Module):
     def __init__(self, hp):
@@ -299,7 +290,10 @@ class GPT(nn.Module):
         hidden = {id(p) for block in self.blocks for p in block.parameters() if p.ndim == 2}
         groups = {"hidden": [], "matrix": [], "vector": []}
         for p in self.parameters():
-            groups["hidden" if id(p) in hidden else "matrix" if p.ndim == 2 else "vector"].append(p)
+            group = "vector"
+            if p.ndim == 2:
+                group = "hidden" if id(p) in hidden else "matrix"
+            groups[group].append(p)
         lr = self.hp.learning_rate
         wd = self.hp.weight_decay
         return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd),
@@ -315,7 +309,6 @@ class GPT(nn.Module):
         return dict(model="gpt", n_layer=self.hp.n_layer, n_head=self.hp.n_head, n_embd=self.hp.n_embd,
                     vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_hidden, width_mult=self.width_mult,
                     params=params, non_embedding_params=params - embedding)
-
 
 # GPT kernel: fused residual add + RMSNorm, res = x + b and y = res * rsqrt(sum(res^2) + eps) * scale in one
 # pass (nGPT's residual update is one kernel too). Uses _check_triton, _tile_config and _bwd_grid from the
@@ -370,7 +363,6 @@ if triton is not None:
             k0 += ROWS
         tl.store(DS_PART + p * D + cols, acc, mask=cmask)
 
-
 @torch.library.custom_op(f"{OPS_NAMESPACE}::add_norm_fwd", mutates_args=())
 def _add_norm_fwd_op(x: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
                      eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -387,12 +379,10 @@ def _add_norm_fwd_op(x: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
         b2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
     return res.view(x.shape), y.view(x.shape), rstd
 
-
 @_add_norm_fwd_op.register_fake
 def _(x, b, scale, eps):
     res = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, b.dtype))
     return res, torch.empty_like(res), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
-
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::add_norm_bwd", mutates_args=())
 def _add_norm_bwd_op(dres: torch.Tensor, dy: torch.Tensor, res: torch.Tensor, scale: torch.Tensor, rstd: torch.Tensor,
@@ -411,26 +401,21 @@ def _add_norm_bwd_op(dres: torch.Tensor, dy: torch.Tensor, res: torch.Tensor, sc
         dr2.stride(0), dr2.stride(1), dy2.stride(0), dy2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
     return dx.view(res.shape), db.view(res.shape), ds_part.sum(0).to(scale.dtype)
 
-
 @_add_norm_bwd_op.register_fake
 def _(dres, dy, res, scale, rstd, x_dtype, b_dtype):
     return res.new_empty(res.shape, dtype=x_dtype), res.new_empty(res.shape, dtype=b_dtype), torch.empty_like(scale)
-
 
 def _add_norm_setup(ctx, inputs, output):
     x, b, scale, _ = inputs
     ctx.dtypes = x.dtype, b.dtype
     ctx.save_for_backward(output[0], scale, output[2])  # the residual and rstd: x and b are not needed
 
-
 def _add_norm_backward(ctx, dres, dy, _drstd):
     res, scale, rstd = ctx.saved_tensors
     dx, db, dscale = _add_norm_bwd_op(dres, dy, res, scale, rstd, *ctx.dtypes)
     return dx, db, dscale, None
 
-
 _add_norm_fwd_op.register_autograd(_add_norm_backward, setup_context=_add_norm_setup)
-
 
 def add_norm(x, b, scale, eps, kernels):
     """(res, y): res = x + b and y = res * rsqrt(sum(res^2, -1) + eps) * scale, scale of shape (D,)."""
@@ -499,14 +484,12 @@ if triton is not None:
         if HAS_SCALE:
             tl.store(DS_PART + (p * G + g) * D + cols, acc, mask=cmask)
 
-
 def _check_triton(t):
     if triton is None:
         raise RuntimeError("kernels='triton' needs the triton package (pip install triton); or pass --kernels=torch")
     if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"kernels='triton' needs CUDA tensors (got {t.device}); pass --kernels=torch "
                            "or set TRITON_INTERPRET=1 to run Triton's (slow) interpreter on CPU")
-
 
 def _tile_config(D, rows_adjacent=False):
     # fixed heuristics, no autotune: ~2048-element tiles (several rows when D is small), 8 warps per 2048;
@@ -515,7 +498,6 @@ def _tile_config(D, rows_adjacent=False):
     rows = max(16 if rows_adjacent else 1, 2048 // block)
     return block, rows, min(32, max(4, block * rows // 256))
 
-
 def _bwd_grid(n_rows, G, rows, device):
     # persistent backward: ~4 programs per SM so per-program partial sums stay few
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -523,7 +505,6 @@ def _bwd_grid(n_rows, G, rows, device):
     n_prog = max(1, min(triton.cdiv(per_group, rows), target // G))
     rows_per_prog = triton.cdiv(triton.cdiv(per_group, n_prog), rows) * rows
     return triton.cdiv(per_group, rows_per_prog), rows_per_prog
-
 
 def _norm_scale_launch(x2, scale, eps, out=None):
     """Forward on a 2-D (rows, D) view with any strides; writes into out (may alias x2: in-place). Returns rstd."""
@@ -538,7 +519,6 @@ def _norm_scale_launch(x2, scale, eps, out=None):
         x2, s, out, rstd, n_rows, D, s.shape[0], eps, x2.stride(0), x2.stride(1), out.stride(0), out.stride(1),
         HAS_SCALE=scale is not None, BLOCK=block, ROWS=rows, num_warps=num_warps)
     return out, rstd
-
 
 def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
     _check_triton(x2)
@@ -556,17 +536,14 @@ def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
     dscale = ds_part.sum(0).to(scale.dtype) if scale is not None else ds_part
     return dx, dscale
 
-
 @torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_fwd", mutates_args=())
 def _norm_scale_fwd_op(x: torch.Tensor, scale: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps)  # reshape copies only if not viewable
     return y.view(x.shape), rstd
 
-
 @_norm_scale_fwd_op.register_fake
 def _(x, scale, eps):
     return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
-
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_bwd", mutates_args=())
 def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
@@ -575,27 +552,22 @@ def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.
     dx, dscale = _norm_scale_bwd_launch(dy.reshape(-1, D), x.reshape(-1, D), scale, rstd)
     return dx.view(x.shape), dscale.view(scale.shape) if scale is not None else dscale
 
-
 @_norm_scale_bwd_op.register_fake
 def _(dy, x, scale, rstd):
     if scale is None:
         return x.new_empty(x.shape), x.new_empty(0, dtype=torch.float32)
     return x.new_empty(x.shape), scale.new_empty(scale.shape)
 
-
 def _norm_scale_setup(ctx, inputs, output):
     x, scale, _ = inputs
     ctx.save_for_backward(x, scale, output[1])
-
 
 def _norm_scale_backward(ctx, dy, _drstd):
     x, scale, rstd = ctx.saved_tensors
     dx, dscale = _norm_scale_bwd_op(dy, x, scale, rstd)
     return dx, dscale if scale is not None else None, None
 
-
 _norm_scale_fwd_op.register_autograd(_norm_scale_backward, setup_context=_norm_scale_setup)
-
 
 def norm_scale_torch(x, scale, eps):
     """Plain-torch reference: fp32 math, output in x.dtype."""
@@ -605,7 +577,6 @@ def norm_scale_torch(x, scale, eps):
     if scale is not None:
         y = (y.reshape(-1, scale.numel() // D, D) * scale.float().reshape(-1, D)).reshape(x.shape)
     return y.to(x.dtype)
-
 
 def norm_scale(x, scale, eps, kernels):
     """y = x * rsqrt(sum(x^2, -1) + eps) * scale; scale None, (D,) or (G, D) with row r using scale[r % G]."""
@@ -624,7 +595,6 @@ MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
 DATA_HINT = ("build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 25` "
              "(FineWeb: the 25 chunks the default run reads)")
 
-
 def read_shard(path):
     """Tokens of one shard: 256 int32 header (magic, version, count), then the tokens; memory-mapped."""
     if not os.path.isfile(path):
@@ -641,7 +611,6 @@ def read_shard(path):
                  f"({count} tokens); the file is truncated or corrupt, re-download or rebuild it")
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
 
-
 def checked_shard(path, min_tokens):
     """read_shard, checked to hold min_tokens (header and size only: no scan of the tokens)."""
     tokens = read_shard(path)
@@ -650,7 +619,6 @@ def checked_shard(path, min_tokens):
                  f"lower --device_batch_size or --sequence_length, or use bigger shards")
     return tokens
 
-
 def checked_ids(tokens, vocab_size, source):
     """tokens, checked to be valid embedding rows: a scan, done once per shard opened, not for all at start-up."""
     if len(tokens) and int(tokens.max()) >= vocab_size:
@@ -658,13 +626,11 @@ def checked_ids(tokens, vocab_size, source):
                  f"set --vocab_size to at least the tokenizer's vocabulary")
     return tokens
 
-
 def shard_paths(pattern, flag):
     paths = sorted(glob.glob(pattern))
     if not paths:
         sys.exit(f"error: no files match --{flag}={pattern}; {DATA_HINT}")
     return paths
-
 
 class DataLoader:
     """Training batches. Shards in sorted order; step i on rank r reads the r-th slice of the i-th window, so
@@ -704,7 +670,6 @@ class DataLoader:
         x = buf[:-1].view(self.batch, self.seq_len)
         y = buf[1:].view(self.batch, self.seq_len)
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
 
 def val_batches(hp, rank, world, device):
     """The first val_tokens tokens of the validation shards, cut into sequences; rank r takes every world-th
@@ -749,11 +714,9 @@ def lr_multiplier(step, hp):
 stop_signal = 0
 log_file = None  # the run's log, open on rank 0 only
 
-
 def on_signal(signum, frame):
     global stop_signal
     stop_signal = signum
-
 
 def environment_report(device):
     lines = [f"python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
@@ -768,7 +731,6 @@ def environment_report(device):
         lines.append(f"cpu:{platform.processor() or platform.machine()} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
 
-
 def peak_rss_kib():
     """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss keeps the launching
     process's peak (a big parent, like pytest, inflates it), so it is only the fallback."""
@@ -777,7 +739,6 @@ def peak_rss_kib():
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
 
 def start_processes(hp):
     """(rank, world, local_rank, device): one process, or torchrun's (DDP, or FSDP2 with --fsdp=1)."""
@@ -796,7 +757,6 @@ def start_processes(hp):
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, world, local_rank, device
 
-
 def from_rank0(value):
     """Rank 0's value on every process: one run id and one resume checkpoint for the whole job."""
     box = [value]
@@ -804,14 +764,12 @@ def from_rank0(value):
         dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
 def print0(s, console=True):
     """One line into the run's log and, unless console=False, onto the console; rank 0 alone holds log_file."""
     if log_file is not None:
         print(s, file=log_file, flush=True)
         if console:
             print(s, flush=True)
-
 
 def shard_model(model, compute_bf16):
     """FSDP2: every matrix is a group, gathered for its own forward and backward and freed after; the vectors (a tiny
@@ -828,7 +786,6 @@ def shard_model(model, compute_bf16):
             fully_shard(module)
     fully_shard(model)
 
-
 def build_model(hp):
     """The model as hp describes it, initialized from torch's current RNG state, on the default device."""
     model = GPT(hp)
@@ -839,7 +796,6 @@ def build_model(hp):
         for block in model.blocks:
             block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
     return model
-
 
 def build_sharded(hp, master, device, compute_bf16):
     """The FSDP2 model without a full copy per process (host memory: a 13b model is ~53 GB in fp32): every process
@@ -859,7 +815,6 @@ def build_sharded(hp, master, device, compute_bf16):
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
 
-
 def forward_backward(model, loader, micro_batches, autocast, device):
     """One optimizer step's gradients, accumulated over its micro-batches; returns the step's mean loss."""
     total = torch.zeros((), device=device)
@@ -875,14 +830,12 @@ def forward_backward(model, loader, micro_batches, autocast, device):
         dist.all_reduce(total, op=dist.ReduceOp.AVG)
     return total
 
-
 def gradient_norm(model):
     """The global gradient norm (over every process's shards with FSDP), as clip_grad_norm_ computes it."""
     norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     if isinstance(norm, DTensor):
         return norm.full_tensor()
     return norm
-
 
 def log_run(hp, cfg, device, world, micro_batches, use_compile):
     """The run's header lines, after the source and versions: what was built and how it runs."""
@@ -897,7 +850,6 @@ def log_run(hp, cfg, device, world, micro_batches, use_compile):
     print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
 
-
 def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
     """Compiles before the clock starts: two steps' forward and backward, no optimizer step, the loader put back."""
     t0 = time.perf_counter()
@@ -908,14 +860,12 @@ def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
     loader.load_state(loader_state)
     print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
 
-
 def agreed_signal(device):
     """The stop signal any process has received (0: none), the same on every process."""
     stop = torch.tensor(float(stop_signal), device=device)
     if dist.is_initialized():
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     return int(stop.item())
-
 
 def evaluate(model, hp, rank, world, device, autocast):
     """Mean loss over the val_tokens validation tokens, the same tokens for any process count."""
@@ -928,13 +878,11 @@ def evaluate(model, hp, rank, world, device, autocast):
         dist.all_reduce(loss, op=dist.ReduceOp.AVG)
     return loss.item()
 
-
 # ---------------------------------------------------------------------------- checkpoints
 # One format for one process, DDP and FSDP: a torch.distributed.checkpoint directory per saved step,
 # <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizer (any process count and mode reads it) and
 # train_state.pt (step, loader position, train time, RNG, hyperparameters), written last.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP on one process: a mode we use
-
 
 def run_checkpoints(log_dir, run_id):
     """(step, suffix, path) of run_id's checkpoint directories: <run_id>_step<N>.dcp, its .tmp (a save under way,
@@ -945,10 +893,8 @@ def run_checkpoints(log_dir, run_id):
         if match:
             yield int(match.group(1)), match.group(2), path
 
-
 def checkpoint_dir(hp, step):
     return os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
-
 
 def train_state(step, loader_state, hp, train_time_ms, timed_steps):
     rng = dict(torch=torch.get_rng_state())
@@ -957,13 +903,11 @@ def train_state(step, loader_state, hp, train_time_ms, timed_steps):
     return dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
                 hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
 
-
 def latest_checkpoint(log_dir, run_id):
     """The complete checkpoint of run_id with the highest step (at one step, the renamed copy), or ""."""
     found = [(step, not suffix, path) for step, suffix, path in run_checkpoints(log_dir, run_id)
              if suffix != ".old" and os.path.isfile(os.path.join(path, "train_state.pt"))]
     return max(found, default=(0, False, ""))[2]
-
 
 def fsync(path):
     """Flush a file or directory to disk: a rename is durable only once what it renames and its parent are."""
@@ -972,7 +916,6 @@ def fsync(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
 
 def save_checkpoint(path, pieces, state, master):
     """pieces (named state dicts) go through torch.distributed.checkpoint into path.tmp, each process writing its
@@ -999,7 +942,6 @@ def save_checkpoint(path, pieces, state, master):
         shutil.rmtree(f"{path}.old", ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
-
 
 def load_checkpoint(path, model, optimizer, loader, hp):
     """A checkpoint's weights, optimizer moments, loader position and RNG state, resharded to this run's processes
@@ -1036,7 +978,6 @@ def load_checkpoint(path, model, optimizer, loader, hp):
     loader.load_state(state["loader"])
     return state
 
-
 def open_run(hp, master, on_cuda):
     """Names the run (on rank 0, for every process), opens its log on rank 0 (a continued run appends) and writes
     the script's source and versions at its top. Returns the checkpoint to resume from ("" for a fresh start)."""
@@ -1064,7 +1005,6 @@ def open_run(hp, master, on_cuda):
     print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
     return resume
 
-
 def close_run(on_cuda):
     """The log's last line, the peak memory; then the log is closed (main() may run again in this process)."""
     global log_file
@@ -1075,7 +1015,6 @@ def close_run(on_cuda):
     if log_file is not None:
         log_file.close()
         log_file = None
-
 
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
@@ -1144,9 +1083,10 @@ def main(argv=None):
             state = train_state(step, loader_state, hp, train_time_ms, timed_steps)
             save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
             saved_steps.add(step)
-        for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
-            if master and not hp.keep_checkpoints and other != path:  # the newest complete one stays
-                shutil.rmtree(other)
+        if master and not hp.keep_checkpoints:  # the newest complete one stays
+            for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
+                if other != path:
+                    shutil.rmtree(other)
         print0(f"checkpoint:{path} step:{step} reason:{why}")
         return path
 
@@ -1220,7 +1160,6 @@ def main(argv=None):
         del model
         gc.collect()
         dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     main()

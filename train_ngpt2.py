@@ -97,12 +97,10 @@ class Hyperparameters:
     sqk_per_head: int = 1  # 1: each head has its own s_qk vector (reference code), 0: heads share one
     norm_eps: float = 1e-12  # added to the squared norm in every normalization (keeps zero vectors finite)
 
-
 def field_help():
     """Each field's trailing comment in the source above, for --help."""
     lines = inspect.getsource(Hyperparameters).splitlines()
     return {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines if ": " in line and "#" in line}
-
 
 # --preset=NAME: (n_layer, n_head, n_embd, mlp_hidden); mlp_hidden 0 means mlp_ratio * n_embd. Heads of 64-128.
 PRESETS = {
@@ -115,7 +113,6 @@ PRESETS = {
     "13b": (40, 40, 5120, 13824),  # Llama-2-13B's shape
 }
 SHAPE = ("n_layer", "n_head", "n_embd", "mlp_hidden")
-
 
 def parse_args(argv):
     hp = Hyperparameters()
@@ -162,7 +159,6 @@ def parse_args(argv):
         sys.exit(0)
     return hp
 
-
 def print_help(hp, fields):
     helps = field_help()
     script = os.path.basename(__file__)
@@ -192,7 +188,6 @@ class Rotary(nn.Module):
         x1, x2 = x.float().chunk(2, dim=-1)
         return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
 
-
 class Scaler(nn.Module):
     """A trainable vector stored as s_scale and used as s * s_init / s_scale (sec 2.5): its effective value
     starts at s_init while Adam sees a parameter of size s_scale."""
@@ -204,7 +199,6 @@ class Scaler(nn.Module):
 
     def forward(self):
         return self.weight * self.multiplier
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, hp):
@@ -230,7 +224,6 @@ class CausalSelfAttention(nn.Module):
                                            scale=math.sqrt(self.head_dim))  # eq. 17: softmax scale sqrt(d_k)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
-
 class MLP(nn.Module):
     def __init__(self, hp):
         super().__init__()
@@ -250,7 +243,6 @@ class MLP(nn.Module):
         v = v * (self.s_v() * self.sqrt_d).to(v.dtype)  # eq. 21: v <- v s_v sqrt(d_model): SiLU sees O(1) inputs
         return self.proj(u * F.silu(v))
 
-
 class Block(nn.Module):
     def __init__(self, hp):
         super().__init__()
@@ -265,7 +257,6 @@ class Block(nn.Module):
     def forward(self, h):
         h = residual_update(h, self.attn(h), self.alpha_attn().abs(), self.eps, self.kernels)  # eq. 10
         return residual_update(h, self.mlp(h), self.alpha_mlp().abs(), self.eps, self.kernels)  # eq. 11
-
 
 class GPT(nn.Module):
     def __init__(self, hp):
@@ -338,7 +329,6 @@ class GPT(nn.Module):
                     vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_hidden, width_mult=self.width_mult,
                     params=params, non_embedding_params=params - embedding)
 
-
 # nGPT kernels: fused residual update h <- norm(h + alpha * (norm(b) - h)) and post-step weight renorm.
 # norm(v) = v * rsqrt(sum(v^2) + eps). Uses _check_triton, _tile_config, _bwd_grid and
 # _norm_scale_launch from the kernels section below.
@@ -396,7 +386,6 @@ if triton is not None:
             k0 += ROWS
         tl.store(DA_PART + p * D + cols, acc, mask=cmask)
 
-
 @torch.library.custom_op(f"{OPS_NAMESPACE}::residual_update_fwd", mutates_args=())
 def _residual_fwd_op(h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
                      eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -413,12 +402,10 @@ def _residual_fwd_op(h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
         h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
     return out.view(h.shape), rstd_b, rstd_u
 
-
 @_residual_fwd_op.register_fake
 def _(h, b, alpha, eps):
     n_rows = h.numel() // h.shape[-1]
     return h.new_empty(h.shape), h.new_empty(n_rows, dtype=torch.float32), h.new_empty(n_rows, dtype=torch.float32)
-
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::residual_update_bwd", mutates_args=())
 def _residual_bwd_op(dout: torch.Tensor, h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
@@ -438,24 +425,19 @@ def _residual_bwd_op(dout: torch.Tensor, h: torch.Tensor, b: torch.Tensor, alpha
         BLOCK=block, ROWS=rows, num_warps=num_warps)
     return dh.view(h.shape), db.view(b.shape), da_part.sum(0).to(alpha.dtype)
 
-
 @_residual_bwd_op.register_fake
 def _(dout, h, b, alpha, rstd_b, rstd_u):
     return h.new_empty(h.shape), b.new_empty(b.shape), alpha.new_empty(alpha.shape)
-
 
 def _residual_setup(ctx, inputs, output):
     h, b, alpha, _ = inputs
     ctx.save_for_backward(h, b, alpha, output[1], output[2])
 
-
 def _residual_backward(ctx, dout, _drb, _dru):
     dh, db, dalpha = _residual_bwd_op(dout, *ctx.saved_tensors)
     return dh, db, dalpha, None
 
-
 _residual_fwd_op.register_autograd(_residual_backward, setup_context=_residual_setup)
-
 
 def residual_update_torch(h, b, alpha, eps):
     """Plain-torch reference: fp32 math, output in h.dtype."""
@@ -463,7 +445,6 @@ def residual_update_torch(h, b, alpha, eps):
     bn = bf * torch.rsqrt(bf.pow(2).sum(-1, keepdim=True) + eps)
     u = hf + alpha.float() * (bn - hf)
     return (u * torch.rsqrt(u.pow(2).sum(-1, keepdim=True) + eps)).to(h.dtype)
-
 
 def residual_update(h, b, alpha, eps, kernels):
     """nGPT residual step norm(h + alpha * (norm(b) - h)); alpha is the effective (D,) step size."""
@@ -473,7 +454,6 @@ def residual_update(h, b, alpha, eps, kernels):
     if kernels == "triton":
         return _residual_fwd_op(h, b, alpha, eps)[0]
     return residual_update_torch(h, b, alpha, eps)
-
 
 @torch.no_grad()
 def normalize_weights_(pairs, eps, kernels):
@@ -552,14 +532,12 @@ if triton is not None:
         if HAS_SCALE:
             tl.store(DS_PART + (p * G + g) * D + cols, acc, mask=cmask)
 
-
 def _check_triton(t):
     if triton is None:
         raise RuntimeError("kernels='triton' needs the triton package (pip install triton); or pass --kernels=torch")
     if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"kernels='triton' needs CUDA tensors (got {t.device}); pass --kernels=torch "
                            "or set TRITON_INTERPRET=1 to run Triton's (slow) interpreter on CPU")
-
 
 def _tile_config(D, rows_adjacent=False):
     # fixed heuristics, no autotune: ~2048-element tiles (several rows when D is small), 8 warps per 2048;
@@ -568,7 +546,6 @@ def _tile_config(D, rows_adjacent=False):
     rows = max(16 if rows_adjacent else 1, 2048 // block)
     return block, rows, min(32, max(4, block * rows // 256))
 
-
 def _bwd_grid(n_rows, G, rows, device):
     # persistent backward: ~4 programs per SM so per-program partial sums stay few
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -576,7 +553,6 @@ def _bwd_grid(n_rows, G, rows, device):
     n_prog = max(1, min(triton.cdiv(per_group, rows), target // G))
     rows_per_prog = triton.cdiv(triton.cdiv(per_group, n_prog), rows) * rows
     return triton.cdiv(per_group, rows_per_prog), rows_per_prog
-
 
 def _norm_scale_launch(x2, scale, eps, out=None):
     """Forward on a 2-D (rows, D) view with any strides; writes into out (may alias x2: in-place). Returns rstd."""
@@ -591,7 +567,6 @@ def _norm_scale_launch(x2, scale, eps, out=None):
         x2, s, out, rstd, n_rows, D, s.shape[0], eps, x2.stride(0), x2.stride(1), out.stride(0), out.stride(1),
         HAS_SCALE=scale is not None, BLOCK=block, ROWS=rows, num_warps=num_warps)
     return out, rstd
-
 
 def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
     _check_triton(x2)
@@ -609,17 +584,14 @@ def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
     dscale = ds_part.sum(0).to(scale.dtype) if scale is not None else ds_part
     return dx, dscale
 
-
 @torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_fwd", mutates_args=())
 def _norm_scale_fwd_op(x: torch.Tensor, scale: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps)  # reshape copies only if not viewable
     return y.view(x.shape), rstd
 
-
 @_norm_scale_fwd_op.register_fake
 def _(x, scale, eps):
     return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
-
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_bwd", mutates_args=())
 def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
@@ -628,27 +600,22 @@ def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.
     dx, dscale = _norm_scale_bwd_launch(dy.reshape(-1, D), x.reshape(-1, D), scale, rstd)
     return dx.view(x.shape), dscale.view(scale.shape) if scale is not None else dscale
 
-
 @_norm_scale_bwd_op.register_fake
 def _(dy, x, scale, rstd):
     if scale is None:
         return x.new_empty(x.shape), x.new_empty(0, dtype=torch.float32)
     return x.new_empty(x.shape), scale.new_empty(scale.shape)
 
-
 def _norm_scale_setup(ctx, inputs, output):
     x, scale, _ = inputs
     ctx.save_for_backward(x, scale, output[1])
-
 
 def _norm_scale_backward(ctx, dy, _drstd):
     x, scale, rstd = ctx.saved_tensors
     dx, dscale = _norm_scale_bwd_op(dy, x, scale, rstd)
     return dx, dscale if scale is not None else None, None
 
-
 _norm_scale_fwd_op.register_autograd(_norm_scale_backward, setup_context=_norm_scale_setup)
-
 
 def norm_scale_torch(x, scale, eps):
     """Plain-torch reference: fp32 math, output in x.dtype."""
@@ -658,7 +625,6 @@ def norm_scale_torch(x, scale, eps):
     if scale is not None:
         y = (y.reshape(-1, scale.numel() // D, D) * scale.float().reshape(-1, D)).reshape(x.shape)
     return y.to(x.dtype)
-
 
 def norm_scale(x, scale, eps, kernels):
     """y = x * rsqrt(sum(x^2, -1) + eps) * scale; scale None, (D,) or (G, D) with row r using scale[r % G]."""
@@ -677,7 +643,6 @@ MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
 DATA_HINT = ("build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 25` "
              "(FineWeb: the 25 chunks the default run reads)")
 
-
 def read_shard(path):
     """Tokens of one shard: 256 int32 header (magic, version, count), then the tokens; memory-mapped."""
     if not os.path.isfile(path):
@@ -694,7 +659,6 @@ def read_shard(path):
                  f"({count} tokens); the file is truncated or corrupt, re-download or rebuild it")
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
 
-
 def checked_shard(path, min_tokens):
     """read_shard, checked to hold min_tokens (header and size only: no scan of the tokens)."""
     tokens = read_shard(path)
@@ -703,7 +667,6 @@ def checked_shard(path, min_tokens):
                  f"lower --device_batch_size or --sequence_length, or use bigger shards")
     return tokens
 
-
 def checked_ids(tokens, vocab_size, source):
     """tokens, checked to be valid embedding rows: a scan, done once per shard opened, not for all at start-up."""
     if len(tokens) and int(tokens.max()) >= vocab_size:
@@ -711,13 +674,11 @@ def checked_ids(tokens, vocab_size, source):
                  f"set --vocab_size to at least the tokenizer's vocabulary")
     return tokens
 
-
 def shard_paths(pattern, flag):
     paths = sorted(glob.glob(pattern))
     if not paths:
         sys.exit(f"error: no files match --{flag}={pattern}; {DATA_HINT}")
     return paths
-
 
 class DataLoader:
     """Training batches. Shards in sorted order; step i on rank r reads the r-th slice of the i-th window, so
@@ -757,7 +718,6 @@ class DataLoader:
         x = buf[:-1].view(self.batch, self.seq_len)
         y = buf[1:].view(self.batch, self.seq_len)
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
 
 def val_batches(hp, rank, world, device):
     """The first val_tokens tokens of the validation shards, cut into sequences; rank r takes every world-th
@@ -802,11 +762,9 @@ def lr_multiplier(step, hp):
 stop_signal = 0
 log_file = None  # the run's log, open on rank 0 only
 
-
 def on_signal(signum, frame):
     global stop_signal
     stop_signal = signum
-
 
 def environment_report(device):
     lines = [f"python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
@@ -821,7 +779,6 @@ def environment_report(device):
         lines.append(f"cpu:{platform.processor() or platform.machine()} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
 
-
 def peak_rss_kib():
     """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss keeps the launching
     process's peak (a big parent, like pytest, inflates it), so it is only the fallback."""
@@ -830,7 +787,6 @@ def peak_rss_kib():
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
 
 def start_processes(hp):
     """(rank, world, local_rank, device): one process, or torchrun's (DDP, or FSDP2 with --fsdp=1)."""
@@ -849,7 +805,6 @@ def start_processes(hp):
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, world, local_rank, device
 
-
 def from_rank0(value):
     """Rank 0's value on every process: one run id and one resume checkpoint for the whole job."""
     box = [value]
@@ -857,14 +812,12 @@ def from_rank0(value):
         dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
 def print0(s, console=True):
     """One line into the run's log and, unless console=False, onto the console; rank 0 alone holds log_file."""
     if log_file is not None:
         print(s, file=log_file, flush=True)
         if console:
             print(s, flush=True)
-
 
 def shard_model(model, compute_bf16):
     """FSDP2: every matrix is a group, gathered for its own forward and backward and freed after; the vectors (a tiny
@@ -881,7 +834,6 @@ def shard_model(model, compute_bf16):
             fully_shard(module)
     fully_shard(model)
 
-
 def build_model(hp):
     """The model as hp describes it, initialized from torch's current RNG state, on the default device."""
     model = GPT(hp)
@@ -892,7 +844,6 @@ def build_model(hp):
         for block in model.blocks:
             block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
     return model
-
 
 def build_sharded(hp, master, device, compute_bf16):
     """The FSDP2 model without a full copy per process (host memory: a 13b model is ~53 GB in fp32): every process
@@ -912,7 +863,6 @@ def build_sharded(hp, master, device, compute_bf16):
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
 
-
 def forward_backward(model, loader, micro_batches, autocast, device):
     """One optimizer step's gradients, accumulated over its micro-batches; returns the step's mean loss."""
     total = torch.zeros((), device=device)
@@ -928,14 +878,12 @@ def forward_backward(model, loader, micro_batches, autocast, device):
         dist.all_reduce(total, op=dist.ReduceOp.AVG)
     return total
 
-
 def gradient_norm(model):
     """The global gradient norm (over every process's shards with FSDP), as clip_grad_norm_ computes it."""
     norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     if isinstance(norm, DTensor):
         return norm.full_tensor()
     return norm
-
 
 def log_run(hp, cfg, device, world, micro_batches, use_compile):
     """The run's header lines, after the source and versions: what was built and how it runs."""
@@ -950,7 +898,6 @@ def log_run(hp, cfg, device, world, micro_batches, use_compile):
     print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
 
-
 def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
     """Compiles before the clock starts: two steps' forward and backward, no optimizer step, the loader put back."""
     t0 = time.perf_counter()
@@ -961,14 +908,12 @@ def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
     loader.load_state(loader_state)
     print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
 
-
 def agreed_signal(device):
     """The stop signal any process has received (0: none), the same on every process."""
     stop = torch.tensor(float(stop_signal), device=device)
     if dist.is_initialized():
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     return int(stop.item())
-
 
 def evaluate(model, hp, rank, world, device, autocast):
     """Mean loss over the val_tokens validation tokens, the same tokens for any process count."""
@@ -981,13 +926,11 @@ def evaluate(model, hp, rank, world, device, autocast):
         dist.all_reduce(loss, op=dist.ReduceOp.AVG)
     return loss.item()
 
-
 # ---------------------------------------------------------------------------- checkpoints
 # One format for one process, DDP and FSDP: a torch.distributed.checkpoint directory per saved step,
 # <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizer (any process count and mode reads it) and
 # train_state.pt (step, loader position, train time, RNG, hyperparameters), written last.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP on one process: a mode we use
-
 
 def run_checkpoints(log_dir, run_id):
     """(step, suffix, path) of run_id's checkpoint directories: <run_id>_step<N>.dcp, its .tmp (a save under way,
@@ -998,10 +941,8 @@ def run_checkpoints(log_dir, run_id):
         if match:
             yield int(match.group(1)), match.group(2), path
 
-
 def checkpoint_dir(hp, step):
     return os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
-
 
 def train_state(step, loader_state, hp, train_time_ms, timed_steps):
     rng = dict(torch=torch.get_rng_state())
@@ -1010,13 +951,11 @@ def train_state(step, loader_state, hp, train_time_ms, timed_steps):
     return dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
                 hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
 
-
 def latest_checkpoint(log_dir, run_id):
     """The complete checkpoint of run_id with the highest step (at one step, the renamed copy), or ""."""
     found = [(step, not suffix, path) for step, suffix, path in run_checkpoints(log_dir, run_id)
              if suffix != ".old" and os.path.isfile(os.path.join(path, "train_state.pt"))]
     return max(found, default=(0, False, ""))[2]
-
 
 def fsync(path):
     """Flush a file or directory to disk: a rename is durable only once what it renames and its parent are."""
@@ -1025,7 +964,6 @@ def fsync(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
 
 def save_checkpoint(path, pieces, state, master):
     """pieces (named state dicts) go through torch.distributed.checkpoint into path.tmp, each process writing its
@@ -1052,7 +990,6 @@ def save_checkpoint(path, pieces, state, master):
         shutil.rmtree(f"{path}.old", ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
-
 
 def load_checkpoint(path, model, optimizer, loader, hp):
     """A checkpoint's weights, optimizer moments, loader position and RNG state, resharded to this run's processes
@@ -1089,7 +1026,6 @@ def load_checkpoint(path, model, optimizer, loader, hp):
     loader.load_state(state["loader"])
     return state
 
-
 def open_run(hp, master, on_cuda):
     """Names the run (on rank 0, for every process), opens its log on rank 0 (a continued run appends) and writes
     the script's source and versions at its top. Returns the checkpoint to resume from ("" for a fresh start)."""
@@ -1117,7 +1053,6 @@ def open_run(hp, master, on_cuda):
     print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
     return resume
 
-
 def close_run(on_cuda):
     """The log's last line, the peak memory; then the log is closed (main() may run again in this process)."""
     global log_file
@@ -1128,7 +1063,6 @@ def close_run(on_cuda):
     if log_file is not None:
         log_file.close()
         log_file = None
-
 
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
@@ -1197,9 +1131,10 @@ def main(argv=None):
             state = train_state(step, loader_state, hp, train_time_ms, timed_steps)
             save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
             saved_steps.add(step)
-        for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
-            if master and not hp.keep_checkpoints and other != path:  # the newest complete one stays
-                shutil.rmtree(other)
+        if master and not hp.keep_checkpoints:  # the newest complete one stays
+            for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
+                if other != path:
+                    shutil.rmtree(other)
         print0(f"checkpoint:{path} step:{step} reason:{why}")
         return path
 
@@ -1273,7 +1208,6 @@ def main(argv=None):
         del model
         gc.collect()
         dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     main()
