@@ -250,6 +250,30 @@ def test_a_kill_during_a_re_save_leaves_a_complete_copy_that_resume_auto_continu
     assert sorted(p.name for p in tmp_path.glob("re_step*")) == ["re_step000004.dcp", "re_step000008.dcp"]
 
 
+def test_the_cuda_rng_saved_is_this_devices_so_a_machine_with_fewer_gpus_restores_it(data, tmp_path, monkeypatch):
+    """CUDA faked on CPU (the run itself on --device=cpu): a process of an 8-GPU machine saves its own device's
+    RNG state, not all 8 (set_rng_state_all with 8 states raises IndexError on a machine that sees one GPU)."""
+    restored = []
+
+    def one_gpu_set_all(states):
+        if len(states) > 1:
+            raise IndexError("list index out of range")
+
+    # the script sees CUDA, torch's own code (DCP's writer) does not
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: sys._getframe(1).f_globals["__name__"] == "train_gpt2")
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([i], dtype=torch.uint8) for i in range(8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state.tolist()))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", one_gpu_set_all)
+    args = TINY + data + ["--device=cpu", "--num_iterations=4", "--val_loss_every=0", "--save_every=2",
+                          "--keep_checkpoints=1", "--run_id=rng", f"--log_dir={tmp_path}"]
+    assert in_process(train_gpt2, args, monkeypatch) == 0
+    state = torch.load(tmp_path / "rng_step000002.dcp" / "train_state.pt", weights_only=False)
+    assert state["rng"]["cuda"].tolist() == [7]
+    assert in_process(train_gpt2, args + [f"--resume={tmp_path}/rng_step000002.dcp"], monkeypatch) == 0
+    assert restored == [[7]]
+
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_the_eval_tools_read_an_fsdp_checkpoint(data, fsdp_ngpt, tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "evals"))
