@@ -595,8 +595,9 @@ MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
 DATA_HINT = ("build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 25` "
              "(FineWeb: the 25 chunks the default run reads)")
 
-def read_shard(path):
-    """Tokens of one shard: 256 int32 header (magic, version, count), then the tokens; memory-mapped."""
+def read_shard(path, min_tokens=0):
+    """Tokens of one shard, memory-mapped: a 256-int32 header (magic, version, count), then the tokens. Checked
+    from the header and the file size (no scan of the tokens), and to hold at least min_tokens."""
     if not os.path.isfile(path):
         sys.exit(f"error: {path}: no such shard; {DATA_HINT}")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
@@ -609,15 +610,10 @@ def read_shard(path):
     if os.path.getsize(path) != expected:
         sys.exit(f"error: {path}: {os.path.getsize(path)} bytes, header promises {expected} "
                  f"({count} tokens); the file is truncated or corrupt, re-download or rebuild it")
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
-
-def checked_shard(path, min_tokens):
-    """read_shard, checked to hold min_tokens (header and size only: no scan of the tokens)."""
-    tokens = read_shard(path)
-    if len(tokens) < min_tokens:
-        sys.exit(f"error: {path}: {len(tokens)} tokens, fewer than one batch needs ({min_tokens}); "
+    if count < min_tokens:
+        sys.exit(f"error: {path}: {count} tokens, fewer than one batch needs ({min_tokens}); "
                  f"lower --device_batch_size or --sequence_length, or use bigger shards")
-    return tokens
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
 
 def checked_ids(tokens, vocab_size, source):
     """tokens, checked to be valid embedding rows: a scan, done once per shard opened, not for all at start-up."""
@@ -646,7 +642,7 @@ class DataLoader:
         self.world = world
         self.vocab_size = vocab_size
         for path in self.paths:  # headers and sizes at start-up, not hours in
-            checked_shard(path, self.span * world + 1)
+            read_shard(path, self.span * world + 1)
         self.load_state(dict(epoch=0, shard=0, offset=0))
 
     def state(self):
@@ -657,7 +653,7 @@ class DataLoader:
         self.shard = state["shard"]
         self.offset = state["offset"]
         path = self.paths[self.shard]
-        self.tokens = checked_ids(checked_shard(path, self.span * self.world + 1), self.vocab_size, path)
+        self.tokens = checked_ids(read_shard(path, self.span * self.world + 1), self.vocab_size, path)
 
     def next_batch(self, device):
         # checked before reading: a position saved with fewer processes or smaller batches may not fit here
@@ -680,7 +676,7 @@ def val_batches(hp, rank, world, device):
                  f"processes = {per_step}; change --val_tokens or --device_batch_size")
     chunks, have = [], 0
     for path in shard_paths(hp.input_val_bin, "input_val_bin"):
-        chunks.append(checked_shard(path, 2)[:hp.val_tokens + 1 - have])
+        chunks.append(read_shard(path, 2)[:hp.val_tokens + 1 - have])
         have += len(chunks[-1])
         if have == hp.val_tokens + 1:
             break
