@@ -667,6 +667,19 @@ class DataLoader:
         y = buf[1:].view(self.batch, self.seq_len)
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
+def val_tokens(pattern, count, vocab_size):
+    """The first count + 1 tokens of the validation shards (inputs and their next-token targets), int64."""
+    chunks, have = [], 0
+    for path in shard_paths(pattern, "input_val_bin"):
+        chunks.append(read_shard(path, 2)[:count + 1 - have])
+        have += len(chunks[-1])
+        if have == count + 1:
+            break
+    if have < count + 1:
+        sys.exit(f"error: validation shards {pattern} hold {have} tokens, {count + 1} needed; lower --val_tokens")
+    tokens = checked_ids(np.concatenate(chunks), vocab_size, pattern)  # only the tokens used
+    return torch.from_numpy(tokens.astype(np.int64))
+
 def val_batches(hp, rank, world, device):
     """The first val_tokens tokens of the validation shards, cut into sequences; rank r takes every world-th
     micro-batch, so all process counts see exactly the same tokens."""
@@ -674,17 +687,7 @@ def val_batches(hp, rank, world, device):
     if hp.val_tokens % per_step:
         sys.exit(f"error: --val_tokens={hp.val_tokens} must be a multiple of device_batch_size * sequence_length * "
                  f"processes = {per_step}; change --val_tokens or --device_batch_size")
-    chunks, have = [], 0
-    for path in shard_paths(hp.input_val_bin, "input_val_bin"):
-        chunks.append(read_shard(path, 2)[:hp.val_tokens + 1 - have])
-        have += len(chunks[-1])
-        if have == hp.val_tokens + 1:
-            break
-    if have < hp.val_tokens + 1:
-        sys.exit(f"error: validation shards {hp.input_val_bin} hold {have} tokens, --val_tokens={hp.val_tokens} "
-                 f"needs {hp.val_tokens + 1}; lower --val_tokens")
-    tokens = checked_ids(np.concatenate(chunks), hp.vocab_size, hp.input_val_bin)  # only the tokens used
-    tokens = torch.from_numpy(tokens.astype(np.int64))
+    tokens = val_tokens(hp.input_val_bin, hp.val_tokens, hp.vocab_size)
     span = hp.device_batch_size * hp.sequence_length
     for start in range(rank * span, hp.val_tokens, world * span):
         x = tokens[start:start + span].view(hp.device_batch_size, hp.sequence_length)

@@ -17,27 +17,11 @@ import math
 import os
 import sys
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, Loaded, add_args, load_tokenizer  # noqa: E402
-
-
-def val_tokens(loaded, pattern, count):
-    """The first count + 1 tokens of the validation shards (inputs and their next-token targets)."""
-    module, hp = loaded.module, loaded.hp
-    chunks, have = [], 0
-    for path in module.shard_paths(pattern, "input_val_bin"):
-        chunks.append(module.read_shard(path, 2)[:count + 1 - have])
-        have += len(chunks[-1])
-        if have == count + 1:
-            break
-    if have < count + 1:
-        sys.exit(f"error: validation shards {pattern} hold {have} tokens, {count + 1} needed; lower --val_tokens")
-    tokens = module.checked_ids(np.concatenate(chunks), hp.vocab_size, pattern)
-    return torch.from_numpy(tokens.astype(np.int64))
 
 
 def val_loss(loaded, tokens, ctx, batch_tokens):
@@ -117,7 +101,7 @@ def main(argv=None):
         too_long = [n for n in ctxs if n > count]
         if too_long:
             sys.exit(f"error: context lengths {too_long} exceed the {count} validation tokens; raise --val_tokens")
-        tokens = val_tokens(loaded, args.val_bin or loaded.hp.input_val_bin, count)
+        tokens = loaded.module.val_tokens(args.val_bin or loaded.hp.input_val_bin, count, loaded.hp.vocab_size)
         print(f"{path}: {loaded.ckpt['script']} step:{loaded.step} trained at ctx:{train_len}, {count} val tokens")
         rows = []
         for ctx in ctxs:
