@@ -933,14 +933,19 @@ def save_checkpoint(path, pieces, state, master):
             os.fsync(f.fileno())
         os.replace(os.path.join(tmp, "train_state.pt.part"), os.path.join(tmp, "train_state.pt"))
         fsync(tmp)
-        shutil.rmtree(f"{path}.old", ignore_errors=True)
-        if os.path.exists(path):
-            os.replace(path, f"{path}.old")
-        os.replace(tmp, path)
-        fsync(os.path.dirname(os.path.abspath(path)))
-        shutil.rmtree(f"{path}.old", ignore_errors=True)
+        put_in_place(path)
     if dist.is_initialized():
         dist.barrier()
+
+def put_in_place(path):
+    """The complete path.tmp becomes path. An older path is moved to path.old first and deleted only once the new
+    one is in place; a save stopped between the two renames leaves a complete .tmp, which --resume=auto finishes."""
+    shutil.rmtree(f"{path}.old", ignore_errors=True)
+    if os.path.exists(path):
+        os.replace(path, f"{path}.old")
+    os.replace(f"{path}.tmp", path)
+    fsync(os.path.dirname(os.path.abspath(path)))
+    shutil.rmtree(f"{path}.old", ignore_errors=True)
 
 def load_checkpoint(path, model, optimizer, loader, hp):
     """A checkpoint's weights, optimizer moments, loader position and RNG state, resharded to this run's processes
@@ -991,9 +996,8 @@ def open_run(hp, master, on_cuda):
         if master:
             resume = latest_checkpoint(hp.log_dir, hp.run_id)
         if master and resume.endswith(".tmp"):  # a save stopped between its last two renames: finish it
-            os.replace(resume, resume[:-len(".tmp")])
-            shutil.rmtree(f"{resume[:-len('.tmp')]}.old", ignore_errors=True)
             resume = resume[:-len(".tmp")]
+            put_in_place(resume)
         resume = from_rank0(resume)
     log_file = None
     if master:
@@ -1118,11 +1122,12 @@ def main(argv=None):
             loader_state = train_loader.state()
             for group in optimizer.param_groups:
                 group["lr"] = group["peak_lr"] * lr_multiplier(step, hp)
-            train_loss = forward_backward(model, train_loader, micro_batches, autocast, device).item()
+            loss = forward_backward(model, train_loader, micro_batches, autocast, device)
             grad_norm = gradient_norm(raw_model)
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm.item())):  # weights: the last good step's
+            train_loss, norm = torch.stack([loss, grad_norm.float()]).tolist()  # one device sync for both
+            if not (math.isfinite(train_loss) and math.isfinite(norm)):  # weights: the last good step's
                 path = checkpoint(step, loader_state, "non-finite loss or gradient")
-                print0(f"error: train_loss is {train_loss} and grad_norm {grad_norm.item()} at step {step + 1}; the "
+                print0(f"error: train_loss is {train_loss} and grad_norm {norm} at step {step + 1}; the "
                        f"last good state is in {path}. Lower --learning_rate or --grad_clip and continue with "
                        f"--resume={path}: the new values apply")
                 sys.exit(1)
@@ -1136,7 +1141,7 @@ def main(argv=None):
             train_time_ms += 1000 * (time.perf_counter() - t0)
             timed_steps += 1
             step_avg = train_time_ms / timed_steps
-            print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss:.4f} grad_norm:{grad_norm.item():.4f} "
+            print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss:.4f} grad_norm:{norm:.4f} "
                    f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms "
                    f"tokens_per_s:{tokens_per_step / (step_avg / 1000):.0f}")
             if train_loader.epoch > epoch:  # the loader wrapped to its first shard in this step: the data repeats
