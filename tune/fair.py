@@ -224,7 +224,7 @@ def rank(result, k):
     return (1, k)
 
 
-def best_k(results, arm, length, width, ks, seeds=(0,), steps=None):
+def best_k(results, arm, length, width, ks, steps, seeds=(0,)):
     """The k of ks with the lowest mean final loss over seeds; failed runs rank below every finished one (among
     themselves, lower lr first)."""
     def score(k):
@@ -237,7 +237,7 @@ def bracket(plan, arm, length, ks, results, stage):
     """Seed-0 runs at {width: [k]}: up to MAX_EXTEND factor-2 steps past an edge that holds the best, then sqrt(2) on
     both sides of the best (yields (stage, runs); ks grows in place). Returns {width: best bracketed by worse runs}."""
     def best(w):
-        return best_k(results, arm, length, w, ks[w], steps=plan.steps)
+        return best_k(results, arm, length, w, ks[w], plan.steps)
     for _ in range(MAX_EXTEND):
         more = [(w, best(w) + (-2 if best(w) == min(ks[w]) else 2)) for w in ks if best(w) in (min(ks[w]), max(ks[w]))]
         if not more:
@@ -261,18 +261,18 @@ def arm_protocol(plan, arm, length, results, found):
     ks = {w: list(range(-2 * half, 2 * half + 1, 2)) for w in plan.proxies}
     yield "search", [(arm, length, w, k, 0, n) for w in plan.proxies for k in ks[w]]
     bracketed = yield from bracket(plan, arm, length, ks, results, "search")
-    bests = {w: best_k(results, arm, length, w, ks[w], steps=n) for w in plan.proxies}
+    bests = {w: best_k(results, arm, length, w, ks[w], n) for w in plan.proxies}
     picked = bests[max(plan.proxies)]
     confirm = {w: [picked - 2, picked, picked + 2] for w in plan.widths}
     yield "confirm", [(arm, length, w, k, 0, n) for w in plan.widths for k in confirm[w]]
     confirmed = yield from bracket(plan, arm, length, confirm, results, "confirm")
     near = {}
     for w in plan.widths:  # the best and its nearest tried neighbours, each on seeds 0..CHOOSE-1
-        best, tried = best_k(results, arm, length, w, confirm[w], steps=n), sorted(confirm[w])
+        best, tried = best_k(results, arm, length, w, confirm[w], n), sorted(confirm[w])
         i = tried.index(best)
         near[w] = tried[max(0, i - 1):i + 2]
     yield "choose", [(arm, length, w, k, s, n) for s in range(1, CHOOSE) for w in plan.widths for k in near[w]]
-    chosen = {w: best_k(results, arm, length, w, near[w], range(CHOOSE), n) for w in plan.widths}
+    chosen = {w: best_k(results, arm, length, w, near[w], n, range(CHOOSE)) for w in plan.widths}
     yield "seeds", [(arm, length, w, chosen[w], s, n) for s in eval_seeds(plan) for w in plan.widths]
     found[(arm, length)] = SimpleNamespace(ks=ks, bracketed=bracketed, bests=bests, picked=picked, confirm=confirm,
                                            confirmed=confirmed, near=near, chosen=chosen, record={})
@@ -577,10 +577,10 @@ def audit(plan, length, width, found, results, chosen_runs):
         f = found[(arm, length)]
         spread = max(f.bests.values()) - min(f.bests.values())  # half-steps: 2 = a factor 2
         ok = ok and spread <= 2 and f.confirmed[width]
-        extended = len(f.confirm[width]) > 3
+        extended = min(f.confirm[width]) < f.picked - 2 or max(f.confirm[width]) > f.picked + 2
         parts.append(f"{arm}: proxies {' / '.join(f'{lr_of(plan, arm, k):.3g}' for k in f.bests.values())}"
                      + (" (MOVED more than 2x)" if spread > 2 else "")
-                     + f", best {lr_of(plan, arm, best_k(results, arm, length, width, f.confirm[width])):.3g} at "
+                     + f", best {lr_of(plan, arm, best_k(results, arm, length, width, f.confirm[width], plan.steps)):.3g} at "
                      f"width {width} among {len(f.confirm[width])} lrs"
                      + (" (extended past an edge of lr/2, lr, 2lr)" if extended else "")
                      + ("" if f.confirmed[width] else " (NOT bracketed)")
