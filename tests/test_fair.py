@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from records import compare
-from tune import fair, stats
+from tune import fair, runs, stats
 
 TINY = ["--vocab_size=128", "--n_layer=1", "--n_embd=64", "--n_head=4", "--sequence_length=16", "--batch_size=2",
         "--device_batch_size=2", "--num_iterations=4", "--warmup_iters=0", "--warmdown_iters=1", "--val_tokens=32"]
@@ -48,7 +48,8 @@ def test_the_95_percent_interval_covers_the_true_speedup(n, axis):
     draws = 1500
     hits = 0
     for _ in range(draws):
-        ci = stats.jackknife_t(seed_curves(rng, BASE, SD_BASE, n, 100, axis), seed_curves(rng, ARM, SD_ARM, n, 120, axis))
+        base, arm = seed_curves(rng, BASE, SD_BASE, n, 100, axis), seed_curves(rng, ARM, SD_ARM, n, 120, axis)
+        ci = stats.jackknife_t(base, arm)
         hits += ci is not None and ci[0] <= true <= ci[1]
     print(f"coverage {axis} n={n}: {hits / draws:.3f}")
     assert 0.93 <= hits / draws <= 0.98
@@ -58,6 +59,145 @@ def test_one_sided_record_test():
     assert stats.below([3.0, 3.01, 2.99], [3.2, 3.21, 3.19]) < 0.01
     assert stats.below([3.2, 3.21, 3.19], [3.0, 3.01, 2.99]) > 0.99
     assert stats.below([3.0], [3.1, 3.2]) is None
+
+
+# ------------------------------------------------------------------------- the search, with a fake runner
+
+class FakePool:
+    """Stands in for runs.Pool: a run 'finishes' at once with the loss the surface gives its (arm, width, lr)."""
+
+    def __init__(self, surface, done):
+        self.surface = surface
+        self.done = done   # run id -> (status, loss), what runs.outcome reads back
+        self.running = {}
+        self.slots = 1
+        self.started = []
+
+    def free(self):
+        return not self.running
+
+    def start(self, key, cmd, console):
+        lr = float([a for a in cmd if a.startswith("--learning_rate=")][-1].partition("=")[2])
+        self.running[key] = self.surface(key[0], key[2], lr)
+        self.started.append(key)
+
+    def wait(self):
+        keys = list(self.running)
+        for key in keys:
+            self.done[fair.run_id(self.plan, key)] = self.running.pop(key)
+        return keys
+
+    def stop(self):
+        pass
+
+
+def search(monkeypatch, tmp_path, surface, extra=()):
+    """The protocol up to the evaluation seeds (record runs need logs, which a fake run does not write)."""
+    plan = fair.parse([f"--out={tmp_path}", "--arms", "gpt2,ngpt2", "--baseline=gpt2", "--widths", "64",
+                       "--proxy_widths", "16,32", "--seeds", "2"] + TINY + list(extra))
+    done = {}
+    pool = FakePool(surface, done)
+    pool.plan = plan
+    monkeypatch.setattr(runs, "Pool", lambda slots, gpus: pool)
+    monkeypatch.setattr(runs, "outcome", lambda log_dir, name: done.get(name, ("not run", math.nan)))
+    monkeypatch.setattr(fair, "record_protocol", lambda *args: iter(()))
+    results, found, stages = fair.run_protocol(plan)
+    return plan, results, found, pool
+
+
+def bowl(best_k):
+    """A loss surface with its minimum best_k(arm, width) half-steps (factors of sqrt 2) from the arm's default."""
+    def surface(arm, width, lr):
+        k = 2 * math.log2(lr / {"gpt2": 6e-4, "ngpt2": 1.5e-3}[arm])
+        return "ok", 3.0 + 0.01 * (k - best_k(arm, width)) ** 2
+    return surface
+
+
+def ks_tried(results, arm, width, seed=0):
+    return sorted(k for (a, _, w, k, s, _) in results if (a, w, s) == (arm, width, seed))
+
+
+def test_search_confirm_choose_and_seeds_on_an_interior_optimum(monkeypatch, tmp_path):
+    plan, results, found, pool = search(monkeypatch, tmp_path, bowl(lambda arm, width: 1.4))
+    for arm in ("gpt2", "ngpt2"):
+        f = found[(arm, 16)]
+        # grid -4..4 (factor 2 = 2 half-steps): best 2, no extension; refined at 1 and 3: 1 is nearer 1.4
+        assert ks_tried(results, arm, 16) == [-4, -2, 0, 1, 2, 3, 4]
+        assert f.bests == {16: 1, 32: 1} and f.bracketed == {16: True, 32: True}
+        assert ks_tried(results, arm, 64) == [-1, 0, 1, 2, 3]       # lr/2, lr, 2lr, then sqrt(2) around the best
+        assert f.confirmed == {64: True} and f.near == {64: [0, 1, 2]}
+        assert ks_tried(results, arm, 64, seed=1) == [0, 1, 2]       # the second choosing seed near the optimum
+        assert f.chosen == {64: 1} and math.isclose(fair.lr_of(plan, arm, 1), plan.center[arm] * 2 ** 0.5)
+    assert len(pool.started) == len(set(pool.started)) == len(results)    # no run twice
+    # the evaluation seeds (2 and 3: not the choosing ones), started alternating arms and seeds
+    assert pool.started[-4:] == [(arm, 16, 64, 1, s, 4) for s in (2, 3) for arm in ("gpt2", "ngpt2")]
+
+
+def test_lockstep_interleaves_the_arms_runs():
+    def gen(name, sizes):
+        for n in sizes:
+            yield "stage", [f"{name}{i}" for i in range(n)]
+    batches = list(fair.lockstep([gen("a", [3, 1]), gen("b", [2])]))
+    assert batches == [[("stage", k) for k in ["a0", "b0", "a1", "b1", "a2"]], [("stage", "a0")]]
+
+
+def test_search_extends_past_an_edge_up_to_three_times(monkeypatch, tmp_path):
+    plan, results, found, _ = search(monkeypatch, tmp_path, bowl(lambda arm, width: 8.6 if arm == "gpt2" else 30))
+    f = found[("gpt2", 16)]
+    assert ks_tried(results, "gpt2", 16) == [-4, -2, 0, 2, 4, 6, 7, 8, 9, 10]   # 6, 8, 10; 8 inside; 7, 9
+    assert f.bests[16] == 9 and f.bracketed[16]
+    g = found[("ngpt2", 16)]
+    assert ks_tried(results, "ngpt2", 16) == [-4, -2, 0, 2, 4, 6, 8, 9, 10, 11]  # 3 extensions, still at the edge
+    assert g.bests[16] == 11 and not g.bracketed[16]
+    checks = {c["check"]: c for c in fair.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
+    bracket = checks["every arm's optimum bracketed (worse neighbours on both sides) at each proxy width"]
+    assert not bracket["pass"] and "ngpt2 0.0679 at width 16 (NOT bracketed)" in bracket["detail"]
+
+
+def test_a_confirmation_at_an_edge_is_extended_until_bracketed(monkeypatch, tmp_path):
+    # the optimum at the target width is 4x (4 half-steps) below the proxies'
+    plan, results, found, _ = search(monkeypatch, tmp_path, bowl(lambda arm, width: -4 if width == 64 else 0))
+    f = found[("gpt2", 16)]
+    assert f.picked == 0 and ks_tried(results, "gpt2", 64) == [-6, -5, -4, -3, -2, 0, 2]  # -2, -4 edges; refined
+    assert f.confirmed == {64: True} and f.chosen == {64: -4}
+    checks = {c["check"]: c for c in fair.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
+    transfer = checks["every arm's optimum transferred (proxies within 2x) and bracketed at the target width"]
+    assert transfer["pass"] and "(extended past an edge of lr/2, lr, 2lr)" in transfer["detail"]
+
+
+def test_diverged_runs_rank_last_and_stay_in_the_table(monkeypatch, tmp_path):
+    def surface(arm, width, lr):   # lower loss at higher lr, up to where it diverges (gpt2) / crashes (ngpt2)
+        center = {"gpt2": 6e-4, "ngpt2": 1.5e-3}[arm]
+        if lr > 1.5 * center:
+            return ("diverged" if arm == "gpt2" else "crashed"), math.nan
+        return "ok", 3.0 - lr / center
+    plan, results, found, _ = search(monkeypatch, tmp_path, surface)
+    for arm, status in (("gpt2", "diverged"), ("ngpt2", "crashed")):
+        assert found[(arm, 16)].bests[16] == 1     # the sqrt(2) step above the default, the largest that finished
+        assert results[(arm, 16, 16, 4, 0, 4)][0] == status and found[(arm, 16)].bracketed[16]
+    fair.write_search(plan, results, {k: {"search"} for k in results})
+    rows = [line.split("\t") for line in (tmp_path / "search.tsv").read_text().splitlines()]
+    assert rows[0] == ["arm", "sequence_length", "width", "lr", "seed", "val_loss", "log", "stage"]
+    assert ["gpt2", "16", "16", "0.0024", "0", "diverged", "logs/gpt2_L16_w16_lr0.0024_s0.txt", "search"] in rows
+    assert sum(row[5] == "crashed" for row in rows) >= 3
+
+
+def test_all_diverged_searches_lower_learning_rates():
+    results = {("a", 16, 16, k, 0, 4): ("diverged", math.nan) for k in (-2, 0, 2)}
+    results[("a", 16, 16, 4, 0, 4)] = ("ok", 9.0)
+    assert fair.best_k(results, "a", 16, 16, [-2, 0, 2], 4) == -2    # lowest lr first among failures
+    assert fair.best_k(results, "a", 16, 16, [-2, 0, 2, 4], 4) == 4  # any finished run beats every failure
+
+
+def test_an_optimum_that_moves_between_proxies_is_flagged(monkeypatch, tmp_path):
+    plan, results, found, _ = search(monkeypatch, tmp_path, bowl(lambda arm, width: 0 if arm == "gpt2" or width < 32
+                                                                 else 4))
+    assert found[("ngpt2", 16)].bests == {16: 0, 32: 4}
+    assert found[("ngpt2", 16)].picked == 4                        # the largest proxy's best is confirmed
+    checks = {c["check"]: c for c in fair.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
+    transfer = checks["every arm's optimum transferred (proxies within 2x) and bracketed at the target width"]
+    assert not transfer["pass"] and "ngpt2: proxies 0.0015 / 0.006 (MOVED more than 2x)" in transfer["detail"]
+    assert "gpt2: proxies 0.0006 / 0.0006, best 0.0006 at width 64 among 5 lrs, chosen 0.0006" in transfer["detail"]
 
 
 # ------------------------------------------------------------------------- the statistics, on hand-made logs
@@ -158,7 +298,8 @@ def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, argv, mess
 def test_dry_run_prints_the_plan(tmp_path, capsys):
     fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32"] + TINY)
     text = capsys.readouterr().out
-    assert "arms gpt2, gpt2_qk, ngpt2 (baseline: the strongest of gpt2, gpt2_qk)" in text and "proxy widths 16, 32" in text
+    assert "arms gpt2, gpt2_qk, ngpt2 (baseline: the strongest of gpt2, gpt2_qk)" in text
+    assert "proxy widths 16, 32" in text
     assert "  search   84-120 runs" in text and "GPU-hours" in text
     assert "length 16: batch 2 x 16 = 32 tokens per step (micro-batch 2)" in text
     assert "length 32: batch 1 x 32 = 32 tokens per step (micro-batch 1)" in text   # the same tokens per step

@@ -55,6 +55,8 @@ RECORD_P = 0.01  # modded-nanogpt's bar for a record
 LONGER = 1.25
 FINAL = ("ok", "diverged", "crashed")  # outcomes read back; killed runs continue
 SCRIPTS = {}  # script file -> its module
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         sys.exit(f"error: {message} (tune/fair.py --help lists the options)")
@@ -578,10 +580,10 @@ def audit(plan, length, width, found, results, chosen_runs):
         spread = max(f.bests.values()) - min(f.bests.values())  # half-steps: 2 = a factor 2
         ok = ok and spread <= 2 and f.confirmed[width]
         extended = min(f.confirm[width]) < f.picked - 2 or max(f.confirm[width]) > f.picked + 2
+        best = best_k(results, arm, length, width, f.confirm[width], plan.steps)
         parts.append(f"{arm}: proxies {' / '.join(f'{lr_of(plan, arm, k):.3g}' for k in f.bests.values())}"
                      + (" (MOVED more than 2x)" if spread > 2 else "")
-                     + f", best {lr_of(plan, arm, best_k(results, arm, length, width, f.confirm[width], plan.steps)):.3g} at "
-                     f"width {width} among {len(f.confirm[width])} lrs"
+                     + f", best {lr_of(plan, arm, best):.3g} at width {width} among {len(f.confirm[width])} lrs"
                      + (" (extended past an edge of lr/2, lr, 2lr)" if extended else "")
                      + ("" if f.confirmed[width] else " (NOT bracketed)")
                      + f", chosen {lr_of(plan, arm, f.chosen[width]):.3g} on the mean of seeds 0-{CHOOSE - 1}")
@@ -788,15 +790,16 @@ def markdown(plan, blocks, head, reasons, command_line):
                 result = (f"confirmed at {v['confirmed_steps']} steps: {v['confirmed_speedup']:.2f}x in tokens, "
                           f"{v['confirmed_time_speedup']:.2f}x in time")
             else:
-                result = "not confirmed" if tried else "no record run (its mean curve does not cross the target earlier)"
+                result = ("not confirmed" if tried else
+                          "no record run (its mean curve does not cross the target earlier)")
             lines.append(f"- {arm}: {result}" + (f" ({tried})" if tried else ""))
         lines += ["", "Fairness audit:", ""]
         lines += [f"- {'PASS' if c['pass'] else 'FAIL'} {c['check']}: {c['detail']}" for c in block["audit"]]
         lines += ["", f"![val loss vs tokens](L{length}_W{width}_val_vs_tokens.png)", ""]
     if len(blocks) > 1:
         lines += ["## Speedup against size (against each target's baseline)", "",
-                  "| arm | sequence length | width | baseline | parameters | speedup (tokens) [95% CI] | speedup (time) "
-                  "[95% CI] | confirmed (steps) |", "|---|---|---|---|---|---|---|---|"]
+                  "| arm | sequence length | width | baseline | parameters | speedup (tokens) [95% CI] "
+                  "| speedup (time) [95% CI] | confirmed (steps) |", "|---|---|---|---|---|---|---|---|"]
         for (length, width), block in blocks.items():
             for arm, v in block["vs_baseline"].items():
                 params = block["arms"][arm]["params"]
