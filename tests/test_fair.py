@@ -305,6 +305,12 @@ def test_dry_run_prints_the_plan(tmp_path, capsys):
     assert "length 32: batch 1 x 32 = 32 tokens per step (micro-batch 1)" in text   # the same tokens per step
     fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32", "--same_batch"] + TINY)
     assert "length 32: batch 2 x 32 = 64 tokens per step" in capsys.readouterr().out
+    assert fair.main([f"--out={tmp_path / 'out'}", "--dry_run"]) == 0       # the scripts' defaults: GPU-hours
+    total = capsys.readouterr().out.split("\n  total    ")[1]
+    assert total.startswith("72-108 runs, 180B-270B tokens, ") and " GPU-hours; logs in " in total
+    fair.main([f"--out={tmp_path / 'out'}", "--dry_run"] + STANDIN)   # a script's parameters: only from its logs
+    assert "FLOPs and GPU-hours unknown (an arm's parameter count is unknown before its first log)" in \
+        capsys.readouterr().out
     assert not (tmp_path / "out").exists()
 
 

@@ -198,8 +198,8 @@ def lr_of(plan, arm, k):
 
 def run_id(plan, key):
     arm, length, width, k, seed, steps = key
-    return f"{arm}_L{length}_w{width}_lr{lr_of(plan, arm, k):.4g}_s{seed}" + (f"_n{steps}" if steps != plan.steps
-                                                                                  else "")
+    name = f"{arm}_L{length}_w{width}_lr{lr_of(plan, arm, k):.4g}_s{seed}"
+    return name if steps == plan.steps else f"{name}_n{steps}"
 
 
 def command(plan, key):
@@ -869,20 +869,6 @@ def plots(plan, results, found, blocks, chosen):
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
-
-
-def write_search(plan, results, stages):
-    path = os.path.join(plan.out, "search.tsv")
-    with open(path, "w") as f:
-        f.write("arm\tsequence_length\twidth\tlr\tval_loss\tlog\tstage\n")
-        for key in sorted(k for k in results if stages[k] & {"search", "confirm"}):
-            arm, length, width, k, _ = key
-            status, loss = results[key]
-            value = f"{loss:.4f}" if status == "ok" else status
-            stage = "+".join(sorted(stages[key] & {"search", "confirm"}))
-            f.write(f"{arm}\t{length}\t{width}\t{lr_of(plan, arm, k):.4g}\t{value}\t"
-                    f"logs/{run_id(plan, key)}.txt\t{stage}\n")
-    return path
 
 
 def write_search(plan, results, stages):
