@@ -33,6 +33,8 @@ class Hyperparameters:
     log_dir: str = "logs"
     resume: str = ""
     input_bin: str = "standin_train_*.bin"
+    input_val_bin: str = "standin_val_*.bin"
+    val_tokens: int = 64
     speed: float = 1.0  # how fast the loss falls
     ms: float = 10.0  # train_time per step
     opt_shift: int = 0  # widths from here on have their optimum 4x lower

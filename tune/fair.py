@@ -609,10 +609,11 @@ def audit(plan, length, width, found, results, chosen_runs):
     seeded = [arm for arm in logs if plan.data_seed[arm]]
     varied = ("init and data order (data_seed = seed)" if len(seeded) == len(logs) else
               f"init; data order for {', '.join(seeded) or 'no arm'} (the other scripts have no --data_seed)")
+    order = {arm: sorted({f"{data}, {b} x {s}, {n} steps" for data, b, s, n, _ in vs}) for arm, vs in values.items()}
     check("every arm saw the same data order at each seed", ok,
           f"between seeds varied: {varied}; shared by every arm at a seed: shards, batch, length, steps and the data "
-          f"order; " + show(values, lambda data, b, s, n, d: f"{data}, {b} x {s}, {n} steps"
-                            + (f", data_seed {d}" if d is not None else "")))
+          f"order; " + "; ".join(f"{arm}: {' / '.join(order[arm])}, data_seed {', '.join(str(v[-1]) for v in vs)}"
+                                 for arm, vs in values.items()))
     ok, values = same(["input_val_bin", "val_tokens"])
     check("every arm was validated on the same tokens", ok, show(values, lambda data, n: f"first {n} tokens of {data}"))
     epochs = {arm: max(r.data_epoch for r in rs) for arm, rs in logs.items()}
