@@ -382,5 +382,6 @@ def test_a_failed_audit_gives_no_verdict_and_exit_status_3(tmp_path):
     assert verdict["invalid_reasons"] == ["sequence length 16, width 64: parameter counts within 1% of slow's: "
                                           "slow 1,000 (+0.00%), big 2,000 (+100.00%)"]
     md = (out / "verdict.md").read_text()
-    assert md.startswith("# Fair A/B verdict\n\nNO VERDICT") and "Provisional headline: big reached" in md
+    assert md.startswith("NO VERDICT: the audit failed") and "Provisional headline: big reached" in md
+    assert "- sequence length 16, width 64: parameter counts within 1% of slow's" in md
     assert "NO VERDICT: 1 failed check(s)" in output

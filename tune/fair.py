@@ -104,7 +104,8 @@ def parse(argv):
                     help="keep batch_size sequences at every sequence length (default: the same tokens per step)")
     ap.add_argument("--grid", type=int, default=5, help="learning rates in the first factor-2 grid (odd; default 5)")
     ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization assumed for GPU-hours (0.4)")
-    ap.add_argument("--gpu", default="H100 SXM", help="GPU whose dense bf16 peak prices the plan (bench.py's table)")
+    ap.add_argument("--gpu", default="H100 SXM",
+                    help="GPU whose dense bf16 peak prices the plan, from bench.py's table (default H100 SXM)")
     ap.add_argument("--parallel", type=int, default=0, help="runs at a time (default: one per GPU, 1 on CPU)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and its cost and exit")
@@ -743,13 +744,11 @@ def method_text(plan):
 
 
 def markdown(plan, blocks, head, reasons, command_line):
-    lines = ["# Fair A/B verdict", ""]
     if reasons:
-        lines += ["NO VERDICT: the audit failed; the numbers below are provisional.", ""]
-        lines += [f"- {r}" for r in reasons]
-        lines += ["", f"Provisional headline: {head}", ""]
+        lines = ["NO VERDICT: the audit failed; the numbers below are provisional.", ""] + [f"- {r}" for r in reasons]
+        lines += ["", "# Fair A/B (provisional)", "", f"Provisional headline: {head}", ""]
     else:
-        lines += [head, ""]
+        lines = ["# Fair A/B verdict", "", head, ""]
     lines += [f"Command: `{command_line}`", "", method_text(plan), ""]
     for (length, width), block in blocks.items():
         base = block["baseline"]
