@@ -25,7 +25,8 @@ FLAGS = ["--input_bin=data/tiny/tiny_train_*.bin", "--input_val_bin=data/tiny/ti
          "--n_layer=4", "--sequence_length=128", "--batch_size=4", "--device_batch_size=4", "--num_iterations=150",
          "--warmup_iters=15", "--warmdown_iters=45", "--val_loss_every=25", "--val_tokens=4096",
          "--mup_base_width=128", "--save_every=150"]
-NAMES = {1: "(a) per-head gain", 2: "(b) per-channel gain", 3: "(c) per-channel gain, scaler reparam",
+NAMES = {0: "plain GPT-2, no QK-norm (reference)", 1: "(a) per-head gain", 2: "(b) per-channel gain",
+         3: "(c) per-channel gain, scaler reparam",
          4: "(d) no gain, fixed scale (modded-nanogpt)"}
 LRS = [1.2e-3, 2.4e-3, 4.8e-3, 9.6e-3]
 SEEDS = [1, 2]
@@ -68,6 +69,8 @@ def final_gains(folder, variant, width, lr):
     model = train_gpt2.GPT(hp)
     name = f"gpt2_w{width}_lr{lr:g}"
     ckpt = os.path.join(folder, f"{name}_step{hp.num_iterations:06d}.dcp")
+    if variant == 0:  # no bound: q and k are not normalized
+        return None, None
     if variant == 4:
         return None, torch.full((hp.n_layer * hp.n_head,), 0.12 * 128)
     state = {k: v for k, v in model.state_dict().items() if k.endswith("qk_gain")}
@@ -96,9 +99,11 @@ def main():
             gains, logit = final_gains(os.path.join(args.out, f"q{variant}_w{width}_s0"), variant, width, lr)
             swept = ", ".join(f"{k:g}: {v:.4f}" for k, v in sorted(losses.items()))
             g = "n/a (none)" if gains is None else f"{gains.min():.3f} / {gains.mean():.3f} / {gains.max():.3f}"
+            scale = "n/a (unbounded)"
+            if logit is not None:
+                scale = f"{logit.min():.2f} / {logit.mean():.2f} / {logit.max():.2f}"
             rows.append(f"| {NAMES[variant]} | {width} | {swept} | {lr:g} | {statistics.mean(finals):.4f} ± "
-                        f"{statistics.stdev(finals):.4f} ({', '.join(f'{v:.4f}' for v in finals)}) | {g} | "
-                        f"{logit.min():.2f} / {logit.mean():.2f} / {logit.max():.2f} |")
+                        f"{statistics.stdev(finals):.4f} ({', '.join(f'{v:.4f}' for v in finals)}) | {g} | {scale} |")
             print(rows[-1], flush=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write("\n".join(rows) + "\n")
