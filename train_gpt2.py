@@ -94,7 +94,7 @@ class Hyperparameters:
     learning_rate: float = 6e-4  # peak AdamW learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay, matrices only
     warmup_iters: int = 256  # steps of linear learning-rate warmup
-    qk_norm: int = 0  # QK-norm study: 1 per-head gain, 2 per-channel gain, 3 per-channel gain stored at 1/sqrt(d), 4 no gain and a fixed scale
+    qk_norm: int = 0  # 1: QK-norm baseline: q and k RMS-normalized per head after RoPE, a learned gain per channel
 
 def field_help():
     """Each field's trailing comment in the source above, for --help."""
@@ -211,41 +211,32 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(hp.n_embd, 3 * hp.n_embd, bias=False)
         self.proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
         self.rotary = Rotary(self.head_dim)
-        self.qk_norm = hp.qk_norm
         self.qk_gain = None
-        self.qk_mult = 1.0
-        if hp.qk_norm in (1, 2, 3):  # vectors: no weight decay and lr not width-scaled
-            # 1: one gain per head; 2: one per channel of each head (nGPT's s_qk alone); 3: as 2, stored at
-            # 1/sqrt(d) and used times sqrt(d) (nGPT sec 2.5, d the muP base width) so Adam moves it ~lr*sqrt(d)
-            self.qk_mult = math.sqrt(hp.mup_base_width or hp.n_embd) if hp.qk_norm == 3 else 1.0
-            size = hp.n_head if hp.qk_norm == 1 else hp.n_embd
-            self.qk_gain = nn.Parameter(torch.full((size,), 1 / self.qk_mult))
+        if hp.qk_norm:
+            # One gain per channel of each head, shared by q and k (nGPT's s_qk without the rest of nGPT), stored at
+            # 1/sqrt(d) and used times sqrt(d), d the muP base width (nGPT's scalers, sec 2.5): Adam moves it by
+            # ~lr*sqrt(d) per step, so the logit scale is learned; a gain stored as itself moves ~lr and stays near
+            # 1 (records/2026-12-01_tiny_cpu_qk_norm). A vector: no weight decay, lr not width-scaled.
+            self.qk_mult = math.sqrt(hp.mup_base_width or hp.n_embd)
+            self.qk_gain = nn.Parameter(torch.full((hp.n_embd,), 1 / self.qk_mult))
 
     def gains(self):
-        """The gains in use, (n_head, 1) or (n_head, head_dim)."""
+        """The QK-norm gains in use, (n_head, head_dim)."""
         return (self.qk_gain * self.qk_mult).view(self.n_head, -1)
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = self.rotary(q), self.rotary(k)
-        attn_scale = None
         if self.qk_gain is not None:
-            # Rows of norm gain * sqrt(head_dim), i.e. RMSNorm per head (unit-rms entries at gain 1), with the
-            # default 1/sqrt(head_dim) softmax scale: logits sqrt(head_dim) * sum(gain^2 * q_hat * k_hat), O(1) for
-            # random q and k as in standard attention with unit-variance q and k, and never above
-            # max(gain^2) * sqrt(head_dim) (the bound that keeps attention logits from growing).
-            scale = (self.gains() * math.sqrt(self.head_dim)).expand(-1, self.head_dim)
+            # Rows of norm sqrt(head_dim) times the gains, i.e. RMSNorm per head (unit-rms entries at gain 1), with
+            # the default 1/sqrt(head_dim) softmax scale: logits sqrt(head_dim) * sum(gain^2 * q_hat * k_hat) for
+            # unit q_hat and k_hat, O(1) for random q and k as in standard attention with unit-variance q and k, and
+            # never above sqrt(head_dim) * max(gain^2) (the bound that keeps attention logits from growing).
+            scale = self.gains() * math.sqrt(self.head_dim)
             q = norm_scale(q, scale, self.head_dim * 1e-6, self.kernels)  # row r of (B*T*H, hd) is head r % H
             k = norm_scale(k, scale, self.head_dim * 1e-6, self.kernels)
-        if self.qk_norm == 4:
-            # modded-nanogpt: unit-rms q and k, no gain, attention scale 0.12 at head_dim 128 (logits up to
-            # 0.12 * 128 = 15.36); here the same logit cap at any head_dim: unit rows and scale 15.36
-            q = norm_scale(q, None, self.head_dim * 1e-6, self.kernels)
-            k = norm_scale(k, None, self.head_dim * 1e-6, self.kernels)
-            attn_scale = 0.12 * 128
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                           scale=attn_scale)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 class MLP(nn.Module):
