@@ -6,6 +6,7 @@ OMP_NUM_THREADS=1 python records/2026-12-01_tiny_cpu_qk_norm/study.py --out=OUT
 Per variant and width: a factor-2 lr sweep at seed 0 (tune/sweep.py), extended by one lr past an edge that holds
 the best (twice at most), then seeds 1 and 2 at the best lr. Every run saves its final checkpoint, from which the
 gains and the attention logit scale are read. Writes OUT/table.md; a stopped study continues where it left off.
+It needs train_gpt2.py as of the study's commits (5b03edf, fad6d95): --qk_norm=2..4 exist only there (README.md).
 """
 import argparse
 import math
