@@ -66,6 +66,7 @@ class Hyperparameters:
     save_every: int = 1000  # steps between checkpoints (0: none, except on a signal or a non-finite loss)
     keep_checkpoints: int = 0  # 1: keep every <run_id>_step<N>.dcp checkpoint (evals, averaging); 0: the newest
     seed: int = 0  # seed of the initialization
+    data_seed: int = 0  # order of the training data: 0 the shards in sorted order, else a shuffle and start offset
     device: str = ""  # "cuda", "cpu" or "" (cuda when present)
     compile: str = ""  # "1", "0" or "" (on with cuda, off on cpu)
     kernels: str = ""  # "triton", "torch" or "" (triton on cuda, torch on cpu)
@@ -677,11 +678,15 @@ def shard_paths(pattern, flag):
     return paths
 
 class DataLoader:
-    """Training batches. Shards in sorted order; step i on rank r reads the r-th slice of the i-th window, so
-    ranks never overlap and the order depends on nothing but the files. Position is (epoch, shard, offset):
-    after the last shard the loader wraps to the first and the epoch count goes up (the data repeats)."""
+    """Training batches. Step i on rank r reads the r-th slice of the i-th window, so ranks never overlap and the
+    order depends on nothing but the files and data_seed. data_seed 0 reads the shards in sorted order from their
+    start; another data_seed reads them in a permuted order from a start offset into the first, and an epoch ends
+    back at that offset: the same stream, rotated. Position is (epoch, segment, offset, data_seed); after the
+    last segment the loader wraps to the first and the epoch count goes up (the data repeats)."""
 
-    def __init__(self, pattern, batch, seq_len, rank, world, vocab_size):
+    def __init__(self, pattern, batch, seq_len, rank, world, vocab_size, data_seed=0):
+        if data_seed < 0:
+            sys.exit(f"error: --data_seed must be >= 0 (0: the shards in sorted order), got {data_seed}")
         self.paths = shard_paths(pattern, "input_bin")
         self.span = batch * seq_len
         self.batch = batch
@@ -689,25 +694,47 @@ class DataLoader:
         self.rank = rank
         self.world = world
         self.vocab_size = vocab_size
-        for path in self.paths:  # headers and sizes at start-up, not hours in
-            read_shard(path, self.span * world + 1)
-        self.load_state(dict(epoch=0, shard=0, offset=0))
+        self.data_seed = data_seed
+        need = self.span * world + 1
+        lengths = [len(read_shard(path, need)) for path in self.paths]  # headers and sizes at start-up, not hours in
+        order, start = list(range(len(self.paths))), 0
+        if data_seed:
+            rng = np.random.default_rng(data_seed)
+            order = rng.permutation(len(self.paths)).tolist()
+            start = int(rng.integers(lengths[order[0]]))
+        # (shard, first token, end): the first shard from start, the others whole, then the first one's head up to
+        # start (its last target is token start, the epoch's first input)
+        self.segments = [(i, 0, lengths[i]) for i in order]
+        self.segments[0] = (order[0], start, lengths[order[0]])
+        if start:
+            self.segments.append((order[0], 0, start + 1))
+        if all(end - first < need for _, first, end in self.segments):
+            sys.exit(f"error: {self.paths[0]}: no window of {need} tokens fits on either side of --data_seed="
+                     f"{data_seed}'s start offset {start}; use another --data_seed or bigger shards")
+        self.load_state(dict(epoch=0, shard=0, offset=start, data_seed=data_seed))
 
     def state(self):
-        return dict(epoch=self.epoch, shard=self.shard, offset=self.offset)
+        return dict(epoch=self.epoch, shard=self.shard, offset=self.offset, data_seed=self.data_seed)
 
     def load_state(self, state):
+        saved_seed = state.get("data_seed", 0)  # a position saved before data seeds existed: sorted order
+        if saved_seed != self.data_seed:
+            sys.exit(f"error: the checkpoint's loader position is for --data_seed={saved_seed}, this run has "
+                     f"--data_seed={self.data_seed}; resume with --data_seed={saved_seed} to continue its batches")
         self.epoch = state["epoch"]
         self.shard = state["shard"]
         self.offset = state["offset"]
-        path = self.paths[self.shard]
+        index, _, self.end = self.segments[self.shard]
+        path = self.paths[index]
         self.tokens = checked_ids(read_shard(path, self.span * self.world + 1), self.vocab_size, path)
 
     def next_batch(self, device):
-        # checked before reading: a position saved with fewer processes or smaller batches may not fit here
-        if self.offset + self.span * self.world + 1 > len(self.tokens):  # the window does not fit: next shard
-            shard = (self.shard + 1) % len(self.paths)
-            self.load_state(dict(epoch=self.epoch + (shard == 0), shard=shard, offset=0))
+        # checked before reading: a position saved with fewer processes or smaller batches may not fit here, and
+        # a segment around a start offset may hold no window at all
+        while self.offset + self.span * self.world + 1 > self.end:  # the window does not fit: next segment
+            shard = (self.shard + 1) % len(self.segments)
+            self.load_state(dict(epoch=self.epoch + (shard == 0), shard=shard, offset=self.segments[shard][1],
+                                 data_seed=self.data_seed))
         start = self.offset + self.rank * self.span
         buf = torch.from_numpy(self.tokens[start:start + self.span + 1].astype(np.int64))
         self.offset += self.span * self.world
@@ -1095,7 +1122,8 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(raw_model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=on_cuda)
     for group in optimizer.param_groups:
         group["peak_lr"] = group["lr"]
-    train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size)
+    train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size,
+                              hp.data_seed)
     start_step = 0
     train_time_ms = 0.0  # both continue across a resume
     timed_steps = 0

@@ -271,9 +271,9 @@ def test_tiny_model_triton_matches_torch(module, extra):
         hp = module.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--mup_base_width=32",
                                 f"--kernels={kernels}"] + extra)
         model = module.GPT(hp)
-        for block in model.blocks:  # QK-norm gains away from 1, a different one per head
+        for block in model.blocks:  # QK-norm gains away from 1, a different one per channel
             if getattr(block.attn, "qk_gain", None) is not None:
-                block.attn.qk_gain.data = torch.tensor([0.7, 1.3])
+                block.attn.qk_gain.data = torch.linspace(0.7, 1.3, 32) / block.attn.qk_mult
         loss = model(x, y)
         loss.backward()
         with torch.no_grad():

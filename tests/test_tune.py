@@ -75,23 +75,31 @@ def test_ngpt_rule_away_from_the_base_width():
         assert math.isclose(lr, want), (name, lr, want)
 
 
-def test_qk_norm_rows_have_the_gain_as_norm(monkeypatch):
+def test_qk_norm_rows_are_unit_times_the_gains_which_move_lr_sqrt_d_per_step(monkeypatch):
     hp = train_gpt2.parse_args(["--n_embd=64", "--n_head=4", "--n_layer=1", "--vocab_size=128", "--qk_norm=1",
-                                "--kernels=torch"])
+                                "--kernels=torch", "--mup_base_width=64", "--learning_rate=1e-3"])
     model = train_gpt2.GPT(hp)
-    gain = torch.tensor([0.5, 1.0, 1.5, 2.0])
-    model.blocks[0].attn.qk_gain.data = gain.clone()
+    attn = model.blocks[0].attn
+    assert torch.equal(attn.gains(), torch.ones(4, 16))
+    gains = torch.linspace(0.5, 2.0, 64).view(4, 16)  # one per channel of each head
+    attn.qk_gain.data = gains.flatten() / attn.qk_mult
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(train_gpt2.F, "scaled_dot_product_attention",
                         lambda q, k, v, **kw: seen.append((q, k)) or sdpa(q, k, v, **kw))
-    model(torch.randint(0, 128, (2, 16)))
-    q, k = seen[0]  # (batch, head, time, head_dim): row norm = gain of the head * sqrt(head_dim)
-    want = (gain * math.sqrt(16))[None, :, None].expand(2, 4, 16)
-    torch.testing.assert_close(q.norm(dim=-1), want, rtol=1e-4, atol=0)  # eps: head_dim * 1e-6
-    torch.testing.assert_close(k.norm(dim=-1), want, rtol=1e-4, atol=0)
+    idx = torch.randint(0, 128, (2, 16))
+    loss = model(idx, idx)
+    for t in seen[0]:  # (batch, head, time, head_dim): a unit row times sqrt(head_dim) and the head's gains
+        unit = t / (gains[None, :, None, :] * math.sqrt(16))
+        torch.testing.assert_close(unit.norm(dim=-1), torch.ones(2, 4, 16), rtol=1e-4, atol=0)  # eps: hd * 1e-6
     groups = lr_and_decay(model)
     assert groups["blocks.0.attn.qk_gain"] == (hp.learning_rate, 0.0)  # a vector: no weight decay, lr unscaled
+    # stored at 1/sqrt(d) (d = 64): Adam's first step moves each stored entry by lr, the gains in use by lr * 8
+    optimizer = torch.optim.AdamW(model.param_groups(), betas=(0.9, 0.95), eps=1e-8)
+    loss.backward()
+    optimizer.step()
+    moved = (attn.gains() - gains).abs().detach()
+    torch.testing.assert_close(moved, torch.full((4, 16), 1e-3 * 8), rtol=1e-3, atol=0)
     plain = train_gpt2.GPT(train_gpt2.parse_args(["--n_embd=64", "--n_head=4", "--n_layer=1", "--vocab_size=128"]))
     assert "blocks.0.attn.qk_gain" not in dict(plain.named_parameters())  # default: the model as before
 
