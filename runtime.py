@@ -73,16 +73,13 @@ def catch_signals():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-def agreed_signal(device):
-    """The stop signal any process has received (0: none), the same on every process."""
+def stop_if_signalled(device, step, save):
+    """After a SIGTERM or SIGINT on any process (all agree on it): save(reason) a checkpoint and exit, naming how to
+    continue."""
     stop = torch.tensor(float(stop_signal), device=device)
     if dist.is_initialized():
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    return int(stop.item())
-
-def stop_if_signalled(device, step, save):
-    """After a SIGTERM or SIGINT on any process: save(reason) a checkpoint and exit, naming how to continue."""
-    signum = agreed_signal(device)
+    signum = int(stop.item())
     if signum:
         path = save(f"signal {signum}")
         print0(f"stopped by signal {signum} at step {step}; continue with --resume={path}")
@@ -202,10 +199,7 @@ def log_run(hp, cfg, script, device, world, micro_batches, use_compile):
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
 
 def environment_report(device):
-    try:
-        import triton
-    except ImportError:
-        triton = None
+    triton = sys.modules.get("triton")  # imported by kernels.py when installed
     lines = [f"python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
              f"cuda:{torch.version.cuda} triton:{getattr(triton, '__version__', None)}"]
     if device == "cuda":

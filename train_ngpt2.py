@@ -137,7 +137,8 @@ def parse_args(argv):
 
 def print_help(hp, fields):
     lines = inspect.getsource(Hyperparameters).splitlines()  # each field's trailing comment is its help
-    helps = {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines if ": " in line and "#" in line}
+    helps = {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines
+             if ": " in line and "#" in line}
     script = os.path.basename(__file__)
     print(f"usage: {script} [--name=value ...]\n")
     for name, f in fields.items():
