@@ -8,7 +8,8 @@ norm_rows_(v, eps, kernels)                 v's rows to unit norm, in place     
 
 kernels="triton" runs the kernel, "torch" the reference (same math in fp32). check() compares the two on small
 inputs; the scripts run it before the first step whenever they use the kernels. custom_op with register_fake and
-register_autograd is what torch.compile traces with fullgraph (a plain autograd.Function around the launch does not).
+register_autograd is what torch.compile traces with fullgraph (a plain autograd.Function around the launch, or
+triton_op with wrap_triton, did not: measured under Triton's interpreter, torch 2.13).
 """
 import os
 from typing import Optional
@@ -467,7 +468,8 @@ def check(device, log):
             try:
                 diff = _compare(op, inputs, gen)
             except Exception as err:  # a kernel that does not compile or launch on this machine
-                _fail(log, f"{name} ({dtype}) raised {type(err).__name__}: {str(err).strip().splitlines()[0]}")
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                _fail(log, f"{name} ({dtype}) raised {type(err).__name__}: {first_line}")
             if not diff <= tol:  # also catches NaN
                 _fail(log, f"{name} ({dtype}) differs from its torch reference by {diff:.1e} (tolerance {tol:.0e})")
             errors[dtype] = max(errors[dtype], diff)
