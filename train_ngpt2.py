@@ -1,5 +1,6 @@
 """One side of the GPT-2 vs nGPT A/B (nGPT: arXiv 2410.01131, section 2.6). Only the model section and the
 model's hyperparameter defaults differ between train_gpt2.py and train_ngpt2.py: `diff` shows what nGPT changes.
+The Triton kernels are in kernels.py, processes, checkpoints and the run log in runtime.py.
 
 python train_gpt2.py --help                          # every hyperparameter, its default and meaning
 python train_ngpt2.py --n_layer=4 --device=cpu       # any field as --name=value
@@ -7,48 +8,28 @@ torchrun --standalone --nproc_per_node=8 train_ngpt2.py
 """
 import dataclasses
 import functools
-import gc
 import glob
 import inspect
-import json
 import math
 import os
-import platform
-import re
-import resource
-import shutil
-import signal
-import subprocess
 import sys
 import time
-import uuid
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint as recompute
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: the plain-torch kernels still work
-    triton = None
-
-# Custom ops (Triton kernels) live in one namespace per module: both scripts define them and may share a process.
-OPS_NAMESPACE = "ngpt_ab_" + __name__.replace(".", "_")
+import kernels
+import runtime
+from runtime import (build_sharded, catch_signals, close_run, compile_warmup, end_processes, gradient_norm, log_run,
+                     open_run, print0, resume_run, save_run, start_processes, stop_if_signalled, train_state,
+                     wrap_model)
 
 # ============================================================================ hyperparameters
 @dataclass
@@ -97,11 +78,6 @@ class Hyperparameters:
     alpha_init: float = 0.05  # eigen learning rates alpha_A, alpha_M at init (eq. 10-11, sec 2.6 step 5)
     sqk_per_head: int = 1  # 1: each head has its own s_qk vector (reference code), 0: heads share one
     norm_eps: float = 1e-12  # added to the squared norm in every normalization (keeps zero vectors finite)
-
-def field_help():
-    """Each field's trailing comment in the source above, for --help."""
-    lines = inspect.getsource(Hyperparameters).splitlines()
-    return {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines if ": " in line and "#" in line}
 
 # --preset=NAME: (n_layer, n_head, n_embd, mlp_hidden); mlp_hidden 0 means mlp_ratio * n_embd. Heads of 64-128.
 PRESETS = {
@@ -161,7 +137,9 @@ def parse_args(argv):
     return hp
 
 def print_help(hp, fields):
-    helps = field_help()
+    lines = inspect.getsource(Hyperparameters).splitlines()  # each field's trailing comment is its help
+    helps = {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines
+             if ": " in line and "#" in line}
     script = os.path.basename(__file__)
     print(f"usage: {script} [--name=value ...]\n")
     for name, f in fields.items():
@@ -170,6 +148,9 @@ def print_help(hp, fields):
           f"python tune/memory.py {script[len('train_'):-len('.py')]} --preset=NAME [--name=value ...]")
 
 # ============================================================================ model
+from torch.distributed.tensor import DTensor
+from kernels import norm_rows_, norm_scale, residual_update  # Triton kernels or plain torch
+
 class Rotary(nn.Module):
     """Rotary position embedding over (batch, time, head, head_dim) tensors."""
 
@@ -330,132 +311,6 @@ class GPT(nn.Module):
                     vocab_size=self.hp.vocab_size, mlp_hidden=self.hp.mlp_hidden, width_mult=self.width_mult,
                     params=params, non_embedding_params=params - embedding)
 
-# nGPT kernels: fused residual update h <- norm(h + alpha * (norm(b) - h)) and post-step weight renorm.
-# norm(v) = v * rsqrt(sum(v^2) + eps). Uses _check_triton, _tile_config, _bwd_grid and
-# _norm_scale_launch from the kernels section below.
-
-if triton is not None:
-
-    @triton.jit
-    def _residual_fwd_kernel(H, B, A, OUT, RSTD_B, RSTD_U, n_rows, D, eps,
-                             stride_hr, stride_hc, stride_br, stride_bc,
-                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.arange(0, BLOCK)
-        rmask = r < n_rows
-        mask = rmask[:, None] & (cols < D)[None, :]
-        r64 = r.to(tl.int64)[:, None]
-        h = tl.load(H + r64 * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(B + r64 * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(A + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
-        rstd_b = tl.rsqrt(tl.sum(b * b, axis=1) + eps)
-        u = h + a * (b * rstd_b[:, None] - h)
-        rstd_u = tl.rsqrt(tl.sum(u * u, axis=1) + eps)
-        tl.store(OUT + r64 * D + cols[None, :], (u * rstd_u[:, None]).to(OUT.dtype.element_ty), mask=mask)
-        tl.store(RSTD_B + r, rstd_b, mask=rmask)
-        tl.store(RSTD_U + r, rstd_u, mask=rmask)
-
-    @triton.jit
-    def _residual_bwd_kernel(DO, H, B, A, RSTD_B, RSTD_U, DH, DB, DA_PART, n_rows, D, rows_per_prog,
-                             stride_dor, stride_doc, stride_hr, stride_hc, stride_br, stride_bc,
-                             BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        # recomputes norm(b), u and out from h, b and the two saved rstd; dalpha partial per program
-        p = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        cmask = cols < D
-        a = tl.load(A + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        k0 = p * rows_per_prog  # a while loop, not range(): see _norm_scale_bwd_kernel
-        end = k0 + rows_per_prog
-        while k0 < end:
-            r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
-            rmask = r < n_rows
-            mask = rmask[:, None] & cmask[None, :]
-            do = tl.load(DO + r[:, None] * stride_dor + cols[None, :] * stride_doc, mask=mask, other=0.0).to(tl.float32)
-            h = tl.load(H + r[:, None] * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
-            b = tl.load(B + r[:, None] * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
-            rstd_b = tl.load(RSTD_B + r, mask=rmask, other=0.0)[:, None]
-            rstd_u = tl.load(RSTD_U + r, mask=rmask, other=0.0)[:, None]
-            bn = b * rstd_b
-            o = (h + a * (bn - h)) * rstd_u
-            du = rstd_u * (do - o * tl.sum(do * o, axis=1)[:, None])  # through the outer norm
-            dbn = du * a
-            db = rstd_b * (dbn - bn * tl.sum(dbn * bn, axis=1)[:, None])  # through the inner norm
-            tl.store(DH + r[:, None] * D + cols[None, :], (du * (1.0 - a)).to(DH.dtype.element_ty), mask=mask)
-            tl.store(DB + r[:, None] * D + cols[None, :], db.to(DB.dtype.element_ty), mask=mask)
-            acc += tl.sum(du * (bn - h), axis=0)
-            k0 += ROWS
-        tl.store(DA_PART + p * D + cols, acc, mask=cmask)
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::residual_update_fwd", mutates_args=())
-def _residual_fwd_op(h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_triton(h)
-    D = h.shape[-1]
-    h2, b2 = h.reshape(-1, D), b.reshape(-1, D)  # views when possible, any strides
-    n_rows = h2.shape[0]
-    out = torch.empty((n_rows, D), device=h.device, dtype=h.dtype)
-    rstd_b = torch.empty(n_rows, device=h.device, dtype=torch.float32)
-    rstd_u = torch.empty_like(rstd_b)
-    block, rows, num_warps = _tile_config(D)
-    _residual_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-        h2, b2, alpha.contiguous(), out, rstd_b, rstd_u, n_rows, D, eps,
-        h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1), BLOCK=block, ROWS=rows, num_warps=num_warps)
-    return out.view(h.shape), rstd_b, rstd_u
-
-@_residual_fwd_op.register_fake
-def _(h, b, alpha, eps):
-    n_rows = h.numel() // h.shape[-1]
-    return h.new_empty(h.shape), h.new_empty(n_rows, dtype=torch.float32), h.new_empty(n_rows, dtype=torch.float32)
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::residual_update_bwd", mutates_args=())
-def _residual_bwd_op(dout: torch.Tensor, h: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
-                     rstd_b: torch.Tensor, rstd_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_triton(h)
-    D = h.shape[-1]
-    do2, h2, b2 = dout.reshape(-1, D), h.reshape(-1, D), b.reshape(-1, D)
-    n_rows = h2.shape[0]
-    block, rows, num_warps = _tile_config(D)
-    n_prog, rows_per_prog = _bwd_grid(n_rows, 1, rows, h.device)
-    dh = torch.empty((n_rows, D), device=h.device, dtype=h.dtype)
-    db = torch.empty((n_rows, D), device=h.device, dtype=b.dtype)
-    da_part = torch.empty((n_prog, D), device=h.device, dtype=torch.float32)
-    _residual_bwd_kernel[(n_prog,)](
-        do2, h2, b2, alpha.contiguous(), rstd_b, rstd_u, dh, db, da_part, n_rows, D, rows_per_prog,
-        do2.stride(0), do2.stride(1), h2.stride(0), h2.stride(1), b2.stride(0), b2.stride(1),
-        BLOCK=block, ROWS=rows, num_warps=num_warps)
-    return dh.view(h.shape), db.view(b.shape), da_part.sum(0).to(alpha.dtype)
-
-@_residual_bwd_op.register_fake
-def _(dout, h, b, alpha, rstd_b, rstd_u):
-    return h.new_empty(h.shape), b.new_empty(b.shape), alpha.new_empty(alpha.shape)
-
-def _residual_setup(ctx, inputs, output):
-    h, b, alpha, _ = inputs
-    ctx.save_for_backward(h, b, alpha, output[1], output[2])
-
-def _residual_backward(ctx, dout, _drb, _dru):
-    dh, db, dalpha = _residual_bwd_op(dout, *ctx.saved_tensors)
-    return dh, db, dalpha, None
-
-_residual_fwd_op.register_autograd(_residual_backward, setup_context=_residual_setup)
-
-def residual_update_torch(h, b, alpha, eps):
-    """Plain-torch reference: fp32 math, output in h.dtype."""
-    hf, bf = h.float(), b.float()
-    bn = bf * torch.rsqrt(bf.pow(2).sum(-1, keepdim=True) + eps)
-    u = hf + alpha.float() * (bn - hf)
-    return (u * torch.rsqrt(u.pow(2).sum(-1, keepdim=True) + eps)).to(h.dtype)
-
-def residual_update(h, b, alpha, eps, kernels):
-    """nGPT residual step norm(h + alpha * (norm(b) - h)); alpha is the effective (D,) step size."""
-    if h.shape != b.shape or alpha.shape != (h.shape[-1],):
-        raise ValueError(f"residual_update: h and b must have the same shape (..., D) and alpha shape (D,); "
-                         f"got h {tuple(h.shape)}, b {tuple(b.shape)}, alpha {tuple(alpha.shape)}")
-    if kernels == "triton":
-        return _residual_fwd_op(h, b, alpha, eps)[0]
-    return residual_update_torch(h, b, alpha, eps)
-
 @torch.no_grad()
 def normalize_weights_(pairs, eps, kernels):
     """In place: for (w, dim) in pairs, give each vector along `dim` of the 2-D w unit norm (1: rows, 0: columns)."""
@@ -471,173 +326,7 @@ def normalize_weights_(pairs, eps, kernels):
                 w.copy_(w.float() * torch.rsqrt(sum_sq + eps))
                 continue
         v = w if dim == 1 else w.t()  # columns = rows of the transposed view: same memory, no copy
-        if kernels == "triton":
-            _norm_scale_launch(v, None, eps, out=v)
-        else:
-            v.copy_(norm_scale_torch(v, None, eps))
-
-# ============================================================================ kernels
-# norm_scale(x, scale, eps, kernels) = x * rsqrt(sum(x^2, -1) + eps) * scale
-# Rows are the flattened leading dims of x; row r uses scale[r % G] for scale of shape (G, D)
-# or (D,) (G=1). Triton path: one program per tile of ROWS rows, fp32 math, rstd saved per row.
-
-if triton is not None:
-
-    @triton.jit
-    def _norm_scale_fwd_kernel(X, S, Y, RSTD, n_rows, D, G, eps,
-                               stride_xr, stride_xc, stride_yr, stride_yc,
-                               HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.arange(0, BLOCK)
-        rmask = r < n_rows
-        mask = rmask[:, None] & (cols < D)[None, :]
-        r64 = r.to(tl.int64)  # row * stride can exceed 2**31 elements
-        x = tl.load(X + r64[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) + eps)
-        y = x * rstd[:, None]
-        if HAS_SCALE:
-            y = y * tl.load(S + (r % G)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + r64[:, None] * stride_yr + cols[None, :] * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
-        tl.store(RSTD + r, rstd, mask=rmask)
-
-    @triton.jit
-    def _norm_scale_bwd_kernel(DY, X, S, RSTD, DX, DS_PART, n_rows, D, G, rows_per_prog,
-                               stride_dyr, stride_dyc, stride_xr, stride_xc,
-                               HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        # program (p, g) owns rows g + G*k, k in [p*rows_per_prog, (p+1)*rows_per_prog): all use scale[g],
-        # so its dscale partial is a plain register sum, written once to DS_PART[p, g]
-        p, g = tl.program_id(0), tl.program_id(1)
-        cols = tl.arange(0, BLOCK)
-        cmask = cols < D
-        if HAS_SCALE:
-            s = tl.load(S + g * D + cols, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            s = tl.full([BLOCK], 1.0, tl.float32)
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        k0 = p * rows_per_prog  # a while loop: Triton 3.6's interpreter fails on range() of run-time
-        end = k0 + rows_per_prog  # bounds (scalars there are 1-element arrays, NumPy >= 2.4)
-        while k0 < end:
-            r = g + G * (k0 + tl.arange(0, ROWS)).to(tl.int64)
-            rmask = r < n_rows
-            mask = rmask[:, None] & cmask[None, :]
-            dy = tl.load(DY + r[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(X + r[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(RSTD + r, mask=rmask, other=0.0)
-            xhat = x * rstd[:, None]
-            gs = dy * s[None, :]
-            # d/dx of x*rstd(x): rstd * (g - xhat * <g, xhat>)
-            dx = rstd[:, None] * (gs - xhat * tl.sum(gs * xhat, axis=1)[:, None])
-            tl.store(DX + r[:, None] * D + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-            acc += tl.sum(dy * xhat, axis=0)
-            k0 += ROWS
-        if HAS_SCALE:
-            tl.store(DS_PART + (p * G + g) * D + cols, acc, mask=cmask)
-
-def _check_triton(t):
-    if triton is None:
-        raise RuntimeError("kernels='triton' needs the triton package (pip install triton); or pass --kernels=torch")
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(f"kernels='triton' needs CUDA tensors (got {t.device}); pass --kernels=torch "
-                           "or set TRITON_INTERPRET=1 to run Triton's (slow) interpreter on CPU")
-
-def _tile_config(D, rows_adjacent=False):
-    # fixed heuristics, no autotune: ~2048-element tiles (several rows when D is small), 8 warps per 2048;
-    # rows adjacent in memory (a weight's columns): >= 16 rows per tile so each load coalesces across rows
-    block = triton.next_power_of_2(D)
-    rows = max(16 if rows_adjacent else 1, 2048 // block)
-    return block, rows, min(32, max(4, block * rows // 256))
-
-def _bwd_grid(n_rows, G, rows, device):
-    # persistent backward: ~4 programs per SM so per-program partial sums stay few
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    per_group = triton.cdiv(n_rows, G)
-    n_prog = max(1, min(triton.cdiv(per_group, rows), target // G))
-    rows_per_prog = triton.cdiv(triton.cdiv(per_group, n_prog), rows) * rows
-    return triton.cdiv(per_group, rows_per_prog), rows_per_prog
-
-def _norm_scale_launch(x2, scale, eps, out=None):
-    """Forward on a 2-D (rows, D) view with any strides; writes into out (may alias x2: in-place). Returns rstd."""
-    _check_triton(x2)
-    n_rows, D = x2.shape
-    out = torch.empty_like(x2, memory_format=torch.contiguous_format) if out is None else out
-    assert out.shape == x2.shape and out.dtype == x2.dtype, "norm_scale launch: out must match x"
-    s = scale.reshape(-1, D).contiguous() if scale is not None else x2  # dummy pointer when HAS_SCALE=False
-    rstd = torch.empty(n_rows, device=x2.device, dtype=torch.float32)
-    block, rows, num_warps = _tile_config(D, rows_adjacent=x2.stride(0) == 1 and D > 1)
-    _norm_scale_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-        x2, s, out, rstd, n_rows, D, s.shape[0], eps, x2.stride(0), x2.stride(1), out.stride(0), out.stride(1),
-        HAS_SCALE=scale is not None, BLOCK=block, ROWS=rows, num_warps=num_warps)
-    return out, rstd
-
-def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
-    _check_triton(x2)
-    n_rows, D = x2.shape
-    G = scale.numel() // D if scale is not None else 1
-    block, rows, num_warps = _tile_config(D)
-    n_prog, rows_per_prog = _bwd_grid(n_rows, G, rows, x2.device)
-    dx = torch.empty((n_rows, D), device=x2.device, dtype=x2.dtype)
-    ds_part = torch.empty((n_prog, G, D) if scale is not None else (0,), device=x2.device, dtype=torch.float32)
-    s = scale.reshape(G, D).contiguous() if scale is not None else x2
-    _norm_scale_bwd_kernel[(n_prog, G)](
-        dy2, x2, s, rstd, dx, ds_part, n_rows, D, G, rows_per_prog,
-        dy2.stride(0), dy2.stride(1), x2.stride(0), x2.stride(1),
-        HAS_SCALE=scale is not None, BLOCK=block, ROWS=rows, num_warps=num_warps)
-    dscale = ds_part.sum(0).to(scale.dtype) if scale is not None else ds_part
-    return dx, dscale
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_fwd", mutates_args=())
-def _norm_scale_fwd_op(x: torch.Tensor, scale: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps)  # reshape copies only if not viewable
-    return y.view(x.shape), rstd
-
-@_norm_scale_fwd_op.register_fake
-def _(x, scale, eps):
-    return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_bwd", mutates_args=())
-def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
-                       rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    D = x.shape[-1]
-    dx, dscale = _norm_scale_bwd_launch(dy.reshape(-1, D), x.reshape(-1, D), scale, rstd)
-    return dx.view(x.shape), dscale.view(scale.shape) if scale is not None else dscale
-
-@_norm_scale_bwd_op.register_fake
-def _(dy, x, scale, rstd):
-    if scale is None:
-        return x.new_empty(x.shape), x.new_empty(0, dtype=torch.float32)
-    return x.new_empty(x.shape), scale.new_empty(scale.shape)
-
-def _norm_scale_setup(ctx, inputs, output):
-    x, scale, _ = inputs
-    ctx.save_for_backward(x, scale, output[1])
-
-def _norm_scale_backward(ctx, dy, _drstd):
-    x, scale, rstd = ctx.saved_tensors
-    dx, dscale = _norm_scale_bwd_op(dy, x, scale, rstd)
-    return dx, dscale if scale is not None else None, None
-
-_norm_scale_fwd_op.register_autograd(_norm_scale_backward, setup_context=_norm_scale_setup)
-
-def norm_scale_torch(x, scale, eps):
-    """Plain-torch reference: fp32 math, output in x.dtype."""
-    D = x.shape[-1]
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
-    if scale is not None:
-        y = (y.reshape(-1, scale.numel() // D, D) * scale.float().reshape(-1, D)).reshape(x.shape)
-    return y.to(x.dtype)
-
-def norm_scale(x, scale, eps, kernels):
-    """y = x * rsqrt(sum(x^2, -1) + eps) * scale; scale None, (D,) or (G, D) with row r using scale[r % G]."""
-    D = x.shape[-1]
-    if scale is not None and (scale.shape[-1] != D or scale.dim() > 2 or (x.numel() // D) % (scale.numel() // D)):
-        raise ValueError(f"norm_scale: scale must be (D,) or (G, D) with D={D} and G dividing the row count "
-                         f"{x.numel() // D}; got scale {tuple(scale.shape)} for x {tuple(x.shape)}")
-    if not eps > 0:
-        raise ValueError(f"norm_scale: eps must be > 0 (zero rows would give NaN), got {eps}")
-    if kernels == "triton":
-        return _norm_scale_fwd_op(x, scale, eps)[0]
-    return norm_scale_torch(x, scale, eps)
+        norm_rows_(v, eps, kernels)
 
 # ============================================================================ data loader
 MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
@@ -785,81 +474,6 @@ def lr_multiplier(step, hp):
     return 1.0 - (1.0 - hp.final_lr_frac) * shape
 
 # ============================================================================ training loop
-stop_signal = 0
-log_file = None  # the run's log, open on rank 0 only
-
-def on_signal(signum, frame):
-    global stop_signal
-    stop_signal = signum
-
-def environment_report(device):
-    lines = [f"python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
-             f"cuda:{torch.version.cuda} triton:{getattr(triton, '__version__', None)}"]
-    if device == "cuda":
-        lines.append(f"gpu:{torch.cuda.get_device_name()} count:{torch.cuda.device_count()}")
-        try:
-            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout)
-        except (OSError, subprocess.SubprocessError) as err:
-            lines.append(f"nvidia-smi: {err}")
-    else:
-        lines.append(f"cpu:{platform.processor() or platform.machine()} threads:{torch.get_num_threads()}")
-    return "\n".join(lines)
-
-def peak_rss_kib():
-    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss keeps the launching
-    process's peak (a big parent, like pytest, inflates it), so it is only the fallback."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-def start_processes(hp):
-    """(rank, world, local_rank, device): one process, or torchrun's (DDP, or FSDP2 with --fsdp=1)."""
-    device = hp.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device=cuda but torch sees no GPU; use --device=cpu")
-    if hp.fsdp and "RANK" not in os.environ:
-        sys.exit("error: --fsdp=1 shards over the processes torchrun starts; run under torchrun or use --fsdp=0")
-    rank, world, local_rank = 0, 1, 0
-    if "RANK" in os.environ:
-        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    if "RANK" in os.environ:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return rank, world, local_rank, device
-
-def from_rank0(value):
-    """Rank 0's value on every process: one run id and one resume checkpoint for the whole job."""
-    box = [value]
-    if dist.is_initialized():
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-def print0(s, console=True):
-    """One line into the run's log and, unless console=False, onto the console; rank 0 alone holds log_file."""
-    if log_file is not None:
-        print(s, file=log_file, flush=True)
-        if console:
-            print(s, flush=True)
-
-def shard_model(model, compute_bf16):
-    """FSDP2: every matrix is a group, gathered for its own forward and backward and freed after; the vectors (a tiny
-    share) stay with the root. Not a group per block: GPT's fused add + norm has each block call the next block's
-    norm. With bf16 compute a Linear's weight is gathered in bf16 (what autograd keeps for backward is then that
-    gather, not a bf16 cast of an fp32 one) and its gradients reduced in fp32; the rest is gathered as stored."""
-    linear = MixedPrecisionPolicy()
-    if compute_bf16:
-        linear = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            fully_shard(module, mp_policy=linear)
-        if isinstance(module, nn.Embedding):
-            fully_shard(module)
-    fully_shard(model)
-
 def build_model(hp):
     """The model as hp describes it, initialized from torch's current RNG state, on the default device."""
     model = GPT(hp)
@@ -869,24 +483,6 @@ def build_model(hp):
     if hp.activation_checkpointing:  # keep each block's input only; its activations are recomputed for backward
         for block in model.blocks:
             block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
-    return model
-
-def build_sharded(hp, master, device, compute_bf16):
-    """The FSDP2 model without a full copy per process (host memory: a 13b model is ~53 GB in fp32): every process
-    builds it on the meta device, shards it and allocates its shards; rank 0 alone builds the real model (same
-    seed, so the init without FSDP) and broadcasts it into the shards."""
-    with torch.device("meta"):
-        model = build_model(hp)
-    shard_model(model, compute_bf16)
-    model.to_empty(device=device)
-    for module in model.modules():
-        if isinstance(module, Rotary):  # a buffer, not in the state dict: recomputed, not loaded
-            module.inv_freq.copy_(module.frequencies())
-    full = {}
-    if master:
-        torch.manual_seed(hp.seed)  # as main() set it (the meta build drew nothing): the same init
-        full = build_model(hp).state_dict()
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
 
 def forward_backward(model, loader, micro_batches, autocast, device):
@@ -904,43 +500,6 @@ def forward_backward(model, loader, micro_batches, autocast, device):
         dist.all_reduce(total, op=dist.ReduceOp.AVG)
     return total
 
-def gradient_norm(model):
-    """The global gradient norm (over every process's shards with FSDP), as clip_grad_norm_ computes it."""
-    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-    if isinstance(norm, DTensor):
-        return norm.full_tensor()
-    return norm
-
-def log_run(hp, cfg, device, world, micro_batches, use_compile):
-    """The run's header lines, after the source and versions: what was built and how it runs."""
-    print0(f"script:{os.path.basename(__file__)}")
-    print0(f"parameters:{cfg['params']} non_embedding_parameters:{cfg['non_embedding_params']} "
-           f"({cfg['params'] / 1e6:.1f}M, {cfg['non_embedding_params'] / 1e6:.1f}M without the embedding and head)")
-    print0(f"hyperparameters:{json.dumps(dataclasses.asdict(hp))}")
-    print0(f"model_config:{json.dumps(cfg)}")
-    mode = "single"
-    if dist.is_initialized():
-        mode = "fsdp init:rank0_broadcast" if hp.fsdp else "ddp"
-    print0(f"device:{device} processes:{world} mode:{mode} micro_batches:{micro_batches} compile:{use_compile} "
-           f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
-
-def compile_warmup(model, optimizer, loader, micro_batches, autocast, device):
-    """Compiles before the clock starts: two steps' forward and backward, no optimizer step, the loader put back."""
-    t0 = time.perf_counter()
-    loader_state = loader.state()
-    for _ in range(2):
-        forward_backward(model, loader, micro_batches, autocast, device)
-        optimizer.zero_grad(set_to_none=True)
-    loader.load_state(loader_state)
-    print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
-
-def agreed_signal(device):
-    """The stop signal any process has received (0: none), the same on every process."""
-    stop = torch.tensor(float(stop_signal), device=device)
-    if dist.is_initialized():
-        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    return int(stop.item())
-
 def evaluate(model, hp, rank, world, device, autocast):
     """Mean loss over the val_tokens validation tokens, the same tokens for any process count."""
     model.eval()
@@ -952,170 +511,28 @@ def evaluate(model, hp, rank, world, device, autocast):
         dist.all_reduce(loss, op=dist.ReduceOp.AVG)
     return loss.item()
 
-# ---------------------------------------------------------------------------- checkpoints
-# One format for one process, DDP and FSDP: a torch.distributed.checkpoint directory per saved step,
-# <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizer (any process count and mode reads it) and
-# train_state.pt (step, loader position, train time, RNG, hyperparameters), written last.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP on one process: a mode we use
-
-def run_checkpoints(log_dir, run_id):
-    """(step, suffix, path) of run_id's checkpoint directories: <run_id>_step<N>.dcp, its .tmp (a save under way,
-    complete once train_state.pt is in it) and its .old (a re-save's old copy, being deleted: never read)."""
-    name = re.compile(rf"{re.escape(run_id)}_step(\d+)\.dcp(\.tmp|\.old)?")
-    for path in glob.glob(os.path.join(glob.escape(log_dir), f"{glob.escape(run_id)}_step*.dcp*")):
-        match = name.fullmatch(os.path.basename(path))
-        if match:
-            yield int(match.group(1)), match.group(2), path
-
-def checkpoint_dir(hp, step):
-    return os.path.join(hp.log_dir, f"{hp.run_id}_step{step:06d}.dcp")
-
-def train_state(step, loader_state, hp, train_time_ms, timed_steps):
-    rng = dict(torch=torch.get_rng_state())
-    if torch.cuda.is_available():  # this process's GPU only: a machine that sees fewer GPUs restores it too
-        rng["cuda"] = torch.cuda.get_rng_state()
-    return dict(step=step, loader=loader_state, train_time_ms=train_time_ms, timed_steps=timed_steps,
-                hyperparameters=dataclasses.asdict(hp), script=os.path.basename(__file__), rng=rng)
-
-def latest_checkpoint(log_dir, run_id):
-    """The complete checkpoint of run_id with the highest step (at one step, the renamed copy), or ""."""
-    found = [(step, not suffix, path) for step, suffix, path in run_checkpoints(log_dir, run_id)
-             if suffix != ".old" and os.path.isfile(os.path.join(path, "train_state.pt"))]
-    return max(found, default=(0, False, ""))[2]
-
-def fsync(path):
-    """Flush a file or directory to disk: a rename is durable only once what it renames and its parent are."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-def save_checkpoint(path, pieces, state, master):
-    """pieces (named state dicts) go through torch.distributed.checkpoint into path.tmp, each process writing its
-    part (fsynced); the master adds train_state.pt last and renames: path is complete or absent, and a step saved
-    again keeps its old copy until the new one is complete. Collective under torchrun; evals/ uses it too."""
-    tmp = f"{path}.tmp"
-    if master and os.path.exists(tmp):  # left by a save that was cut short
-        shutil.rmtree(tmp)
-    if dist.is_initialized():
-        dist.barrier()
-    dcp.save(pieces, checkpoint_id=tmp, no_dist=not dist.is_initialized())
-    if master:
-        with open(os.path.join(tmp, "train_state.pt.part"), "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(os.path.join(tmp, "train_state.pt.part"), os.path.join(tmp, "train_state.pt"))
-        fsync(tmp)
-        put_in_place(path)
-    if dist.is_initialized():
-        dist.barrier()
-
-def put_in_place(path):
-    """The complete path.tmp becomes path. An older path is moved to path.old first and deleted only once the new
-    one is in place; a save stopped between the two renames leaves a complete .tmp, which --resume=auto finishes."""
-    shutil.rmtree(f"{path}.old", ignore_errors=True)
-    if os.path.exists(path):
-        os.replace(path, f"{path}.old")
-    os.replace(f"{path}.tmp", path)
-    fsync(os.path.dirname(os.path.abspath(path)))
-    shutil.rmtree(f"{path}.old", ignore_errors=True)
-
-def load_checkpoint(path, model, optimizer, loader, hp):
-    """A checkpoint's weights, optimizer moments, loader position and RNG state, resharded to this run's processes
-    and mode; the optimizer's settings (learning rates, weight decay, betas) stay this command line's. Returns the
-    train state."""
-    if not os.path.isfile(os.path.join(path, "train_state.pt")):
-        sys.exit(f"error: --resume={path}: not a complete checkpoint (a <run_id>_step<N>.dcp directory holding "
-                 f"train_state.pt); pass one of those, or --resume=auto with the run's --run_id and --log_dir")
-    state = torch.load(os.path.join(path, "train_state.pt"), map_location="cpu", weights_only=False)
-    if "averaged_from" in state or "train_time_ms" not in state:
-        sys.exit(f"error: --resume={path} holds weights only (an averaged checkpoint) or comes from an older version "
-                 f"of this script: evaluate it with evals/; resume from one of the run's own checkpoints")
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    pieces = dict(model=model_state, optimizer=optimizer_state)
-    try:
-        dcp.load(pieces, checkpoint_id=path, no_dist=not dist.is_initialized())
-    except (RuntimeError, ValueError, CheckpointException) as err:  # another model size, or the other script's
-        saved = {k: v for k, v in state["hyperparameters"].items() if getattr(hp, k, None) != v}
-        sys.exit(f"error: --resume={path} does not fit this model ({str(err).strip().splitlines()[-1].strip()}); "
-                 f"it was saved with {saved}")
-    set_state_dict(model, optimizer, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
-    for group, setting in zip(optimizer.param_groups, settings):
-        group.update(setting)  # the checkpoint brings moments and step counts, the command line the settings
-    steps = [state["step"]]
-    if dist.is_initialized():  # every process must continue from the same step
-        steps = [None] * dist.get_world_size()
-        dist.all_gather_object(steps, state["step"])
-    if len(set(steps)) > 1:
-        sys.exit(f"error: the processes read different steps {steps} from {path}; is the filesystem shared?")
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and "cuda" in state["rng"]:  # this process's GPU: any GPU count restores it
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
-    loader.load_state(state["loader"])
-    return state
-
-def open_run(hp, master, on_cuda):
-    """Names the run (on rank 0, for every process), opens its log on rank 0 (a continued run appends) and writes
-    the script's source and versions at its top. Returns the checkpoint to resume from ("" for a fresh start)."""
-    global log_file
-    if not hp.run_id:
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
-        hp.run_id = from_rank0(f"{os.path.splitext(os.path.basename(__file__))[0]}_s{hp.seed}_{stamp}")
-    os.makedirs(hp.log_dir, exist_ok=True)
-    resume = hp.resume
-    if resume == "auto":  # chosen on rank 0: on a shared filesystem another node's listing can lag
-        resume = ""
-        if master:
-            resume = latest_checkpoint(hp.log_dir, hp.run_id)
-        if master and resume.endswith(".tmp"):  # a save stopped between its last two renames: finish it
-            resume = resume[:-len(".tmp")]
-            put_in_place(resume)
-        resume = from_rank0(resume)
-    log_file = None
-    if master:
-        log_file = open(os.path.join(hp.log_dir, f"{hp.run_id}.txt"), "a" if resume else "w")
-    with open(__file__) as f:
-        print0(f.read(), console=False)
-    print0("=" * 100, console=False)
-    print0(environment_report("cuda" if on_cuda else "cpu"), console=False)
-    return resume
-
-def close_run(on_cuda):
-    """The log's last line, the peak memory; then the log is closed (main() may run again in this process)."""
-    global log_file
-    if on_cuda:
-        print0(f"peak_memory:{torch.cuda.max_memory_allocated() / 2**20:.0f}MiB (cuda allocated)")
-    else:
-        print0(f"peak_memory:{peak_rss_kib() / 1024:.0f}MiB (process max rss)")
-    if log_file is not None:
-        log_file.close()
-        log_file = None
-
 def main(argv=None):
     hp = parse_args(sys.argv[1:] if argv is None else argv)
-    rank, world, local_rank, device = start_processes(hp)
+    rank, world, local_rank, device = start_processes(hp.device, hp.fsdp)
     master = rank == 0
     on_cuda = device.startswith("cuda")
     if not hp.kernels:
-        hp.kernels = "triton" if on_cuda and triton is not None else "torch"
+        hp.kernels = "triton" if on_cuda and kernels.triton is not None else "torch"
     use_compile = hp.compile == "1" or (hp.compile == "" and on_cuda)
     if hp.batch_size % (hp.device_batch_size * world):
         sys.exit(f"error: batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
                  f"{hp.device_batch_size} * {world}; change --batch_size or --device_batch_size")
     micro_batches = hp.batch_size // (hp.device_batch_size * world)
     compute_bf16 = on_cuda or hp.param_dtype == "bfloat16"  # else fp32 on CPU
-    autocast = nullcontext()
-    if compute_bf16:
-        autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16)
-    resume = open_run(hp, master, on_cuda)
+    autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if compute_bf16 else nullcontext()
+    resume = open_run(hp, [__file__, kernels.__file__, runtime.__file__], master, on_cuda)
+    if hp.kernels == "triton":  # no kernel is trusted untested: each against its torch reference, before any step
+        kernels.check(device, print0)
 
     # ------------------------------------------------------------------------ model, optimizer, data, resume
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device
     if hp.fsdp:
-        model = build_sharded(hp, master, device, compute_bf16)
+        model = build_sharded(functools.partial(build_model, hp), master, device, compute_bf16, hp.seed)
     else:
         model = build_model(hp).to(device)
     raw_model = model
@@ -1124,71 +541,33 @@ def main(argv=None):
         group["peak_lr"] = group["lr"]
     train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size,
                               hp.data_seed)
-    start_step = 0
-    train_time_ms = 0.0  # both continue across a resume
-    timed_steps = 0
-    saved_steps = set()  # a step is saved once
-    if resume:
-        state = load_checkpoint(resume, raw_model, optimizer, train_loader, hp)
-        start_step = state["step"]
-        train_time_ms = state["train_time_ms"]
-        timed_steps = state["timed_steps"]
-        if os.path.abspath(resume) == os.path.abspath(checkpoint_dir(hp, start_step)):
-            saved_steps.add(start_step)
-    # compile the inner module, then wrap it in DDP (PyTorch's "Where to apply torch.compile?"): dynamo compiles
-    # it inside DDP's forward, sees the DDP module and splits the graph at DDP's gradient buckets (DDPOptimizer,
-    # default bucket_cap_mb=25), so each bucket's all-reduce overlaps the rest of the backward pass
-    if use_compile:
-        model = torch.compile(model)
-    if dist.is_initialized() and not hp.fsdp:  # no buffer broadcast: RoPE's inv_freq, the one buffer, is constant
-        model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
+    log_run(hp, raw_model.config(), __file__, device, world, micro_batches, use_compile)
+    # train time and timed steps continue across a resume; a step is saved once
+    start_step, train_time_ms, timed_steps, saved_steps = resume_run(resume, raw_model, optimizer, train_loader, hp)
+    model = wrap_model(model, use_compile, hp.fsdp, local_rank, on_cuda)
+    catch_signals()
 
-    cfg = raw_model.config()
-    log_run(hp, cfg, device, world, micro_batches, use_compile)
-    if resume:  # the command line's values apply from here on
-        saved = state["hyperparameters"]
-        changes = " ".join(f"{k}:{saved[k]}->{v}" for k, v in dataclasses.asdict(hp).items()
-                           if k != "resume" and saved.get(k, v) != v)
-        print0(f"resumed_from:{resume} at_step:{start_step} train_time:{train_time_ms:.0f}ms")
-        print0(f"resume_changes: {changes or 'none'}")
-    tokens_per_step = hp.batch_size * hp.sequence_length
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    def checkpoint(step, loader_state, why):
-        path = checkpoint_dir(hp, step)
-        if step not in saved_steps:  # else this very state is on disk: a signal right after a save or a resume
-            model_state, optimizer_state = get_state_dict(raw_model, optimizer)
-            state = train_state(step, loader_state, hp, train_time_ms, timed_steps)
-            save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
-            saved_steps.add(step)
-        if master and not hp.keep_checkpoints:  # the newest complete one stays
-            for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
-                if other != path:
-                    shutil.rmtree(other)
-        print0(f"checkpoint:{path} step:{step} reason:{why}")
-        return path
-
-    def stop_if_signalled(step):  # before every validation and save, so a signal never waits on them
-        signum = agreed_signal(device)
-        if signum:
-            path = checkpoint(step, train_loader.state(), f"signal {signum}")
-            print0(f"stopped by signal {signum} at step {step}; continue with --resume={path}")
-            sys.exit(128 + signum)
+    def checkpoint(step, loader_state, why):  # a step saved already (a signal right after a save or resume): not again
+        state = None if step in saved_steps else train_state(step, loader_state, hp, train_time_ms, timed_steps,
+                                                             __file__)
+        saved_steps.add(step)
+        return save_run(hp, step, raw_model, optimizer, state, master, why)
 
     # ------------------------------------------------------------------------ training
     try:
         if use_compile:
-            compile_warmup(model, optimizer, train_loader, micro_batches, autocast, device)
+            compile_warmup(lambda: forward_backward(model, train_loader, micro_batches, autocast, device), optimizer,
+                           train_loader)
         epoch = train_loader.epoch
         for step in range(start_step, hp.num_iterations + 1):
             last_step = step == hp.num_iterations
-            stop_if_signalled(step)
+            # before every validation and save, so a signal never waits on them
+            stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
             if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
                 val_loss = evaluate(model, hp, rank, world, device, autocast)
                 print0(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
                        f"step_avg:{train_time_ms / max(1, timed_steps):.2f}ms")
-                stop_if_signalled(step)
+                stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
             if last_step:
                 break
             if hp.save_every and step > start_step and step % hp.save_every == 0:
@@ -1219,7 +598,7 @@ def main(argv=None):
             step_avg = train_time_ms / timed_steps
             print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss:.4f} grad_norm:{norm:.4f} "
                    f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms "
-                   f"tokens_per_s:{tokens_per_step / (step_avg / 1000):.0f}")
+                   f"tokens_per_s:{hp.batch_size * hp.sequence_length / (step_avg / 1000):.0f}")
             if train_loader.epoch > epoch:  # the loader wrapped to its first shard in this step: the data repeats
                 epoch = train_loader.epoch
                 print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of "
@@ -1233,13 +612,8 @@ def main(argv=None):
     if hp.save_every:
         checkpoint(hp.num_iterations, train_loader.state(), "end")
     close_run(on_cuda)
-    if dist.is_initialized():
-        dist.barrier()  # no rank tears down the process group while another still uses it
-        # Free DDP's reducer while the process group is still registered: if the reducer held the last reference,
-        # gloo's destructor would run with the GIL held and could deadlock with its worker thread at exit.
-        del model
-        gc.collect()
-        dist.destroy_process_group()
+    del model  # DDP's reducer goes while the process group is still registered (see end_processes)
+    end_processes()
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import build_model, read_checkpoint  # noqa: E402
+from common import build_model, read_checkpoint  # noqa: E402  (it puts the repo root on sys.path)
+from runtime import save_checkpoint  # noqa: E402
 
 # settings that may differ between checkpoints of one run (bookkeeping, not the model or the data)
 BOOKKEEPING = {"resume", "log_dir", "run_id", "device", "compile", "kernels", "save_every", "keep_checkpoints",
@@ -53,7 +54,7 @@ def average(paths, out):
                   script=first["script"], averaged_from=[os.path.abspath(p) for p in paths],
                   averaged_steps=[int(c["step"]) for c in ckpts])
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    module.save_checkpoint(out, dict(model=model.state_dict()), merged, True)  # the training script's own format
+    save_checkpoint(out, dict(model=model.state_dict()), merged, True)  # the training scripts' own format
     print(f"averaged {len(paths)} checkpoints of {first['script']} (steps {merged['averaged_steps']}) -> {out}")
     if hasattr(model, "normalized_matrices"):
         print(f"renormalized {len(model.normalized_matrices())} matrices to unit norm with {first['script']}'s "

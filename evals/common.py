@@ -18,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "data"))
 
+import kernels  # noqa: E402  (kernels.py, beside the scripts)
+
 SCRIPTS = ("train_gpt2.py", "train_ngpt2.py")
 
 
@@ -61,7 +63,7 @@ def build_model(path, ckpt, device):
     hp = module.Hyperparameters(**{k: v for k, v in ckpt["hyperparameters"].items() if k in names})
     hp.device = device
     hp.kernels = "torch"  # the Triton kernels need CUDA; on a GPU they are the default, as in training
-    if device == "cuda" and module.triton is not None:
+    if device == "cuda" and kernels.triton is not None:
         hp.kernels = "triton"
     hp.activation_checkpointing = 0  # nothing is kept for a backward pass here
     model = module.build_model(hp)  # the script's own build: bf16 matrices when training stored them so

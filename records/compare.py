@@ -26,6 +26,9 @@ import numpy as np
 IGNORED_KEYS = ["seed", "run_id", "log_dir", "resume", "save_every", "val_loss_every", "device", "compile", "kernels"]
 STEP_RE = re.compile(r"step:(\d+)/(\d+)((?: \w+:\S+)*)")
 EVAL_RE = re.compile(r"eval:(\w+) step:(\d+) tokens:(\d+)((?: \w+:\S+)*)")
+# A log starts with the code of its run: each file under a SOURCE_HEADER line (before 2026-12: the script's source
+# alone, no header), the last one ended by a line of 100 "=".
+SOURCE_HEADER, SOURCE_END = "=" * 40 + " source:", "=" * 100
 COLUMNS = ["group", "runs", "final val loss", "step_avg", "tokens/s", "tokens to target", "speedup (tokens)",
            "time to target", "speedup (time)"]
 
@@ -55,12 +58,17 @@ def parse_log(path):
                           params=None, data_epoch=0,   # parameter count; loader wraps seen (data_epoch: lines)
                           val={},     # step -> (val_loss, train_time ms); a step logged again (resume) keeps the last
                           evals={})   # (name, settings, step) -> (tokens, {metric: value})
+    in_source = False
     for line in lines:
         line = line.rstrip()
-        if line.startswith("script:"):
+        if line.startswith(SOURCE_HEADER) or line == SOURCE_END:
+            in_source = line != SOURCE_END
+        elif in_source:  # code, which may hold look-alike lines
+            continue
+        elif line.startswith("script:"):
             run.script = line[len("script:"):]
         elif line.startswith("hyperparameters:{"):
-            try:   # the log starts with the script's source, which may hold look-alike lines
+            try:   # an older log's source, read as lines, may hold look-alike lines
                 run.hp = json.loads(line[len("hyperparameters:"):])
             except ValueError:
                 pass

@@ -1,6 +1,6 @@
-"""Ahead-of-time compile of every Triton kernel of both scripts for H100 (sm_90) and A100 (sm_80), no GPU needed.
+"""Ahead-of-time compile of every Triton kernel (kernels.py) for H100 (sm_90) and A100 (sm_80), no GPU needed.
 
-The launchers of both scripts run on small CPU tensors with the kernel launch replaced by a recorder, so the
+The launchers run on small CPU tensors with the kernel launch replaced by a recorder, so the
 block sizes, warps, dtypes and integer/alignment specializations are exactly those training picks at the speedrun
 (D=768, head_dim 64) and 1B (D=2048, head_dim 128) shapes, in fp32, bf16 and the autocast mix (fp32 residual,
 bf16 branch). Each recorded launch is compiled by Triton's own compiler for the target, and its PTX is
@@ -27,32 +27,29 @@ def record_launches():
     """Every kernel launch the launchers make at the training shapes: (jit function, args, kwargs)."""
     import torch
     import triton
-    import train_gpt2
-    import train_ngpt2
+    import kernels as K  # kernels.py
 
     calls = []
     triton.runtime.jit.JITFunction.__getitem__ = lambda fn, grid: lambda *a, **kw: calls.append((fn, a, kw))
-    for mod in (train_gpt2, train_ngpt2):
-        mod._check_triton = lambda t: None  # CPU tensors stand in for CUDA ones; nothing is launched
+    K._check_triton = lambda t: None  # CPU tensors stand in for CUDA ones; nothing is launched
     f32, bf16 = torch.float32, torch.bfloat16
     eps = 1e-6
     for D, n_head in SHAPES.values():
         hd = D // n_head
         for dtype in (f32, bf16):
-            for mod, x, scale in ((train_gpt2, torch.randn(ROWS, D, dtype=dtype), torch.randn(D)),  # RMSNorm
-                                  (train_ngpt2, torch.randn(ROWS * n_head, hd, dtype=dtype), torch.randn(n_head, hd))):
-                y, rstd = mod._norm_scale_launch(x, scale, eps)
-                mod._norm_scale_bwd_launch(torch.randn_like(y), x, scale, rstd)
+            for x, scale in ((torch.randn(ROWS, D, dtype=dtype), torch.randn(D)),  # RMSNorm
+                             (torch.randn(ROWS * n_head, hd, dtype=dtype), torch.randn(n_head, hd))):  # QK-norm
+                y, rstd = K._norm_scale_launch(x, scale, eps)
+                K._norm_scale_bwd_launch(torch.randn_like(y), x, scale, rstd)
             for w in (torch.randn(4 * D, D, dtype=dtype), torch.randn(D, 4 * D, dtype=dtype).t()):  # rows, columns
-                train_ngpt2._norm_scale_launch(w, None, eps, out=w)
+                K.norm_rows_(w, eps, "triton")
         for h_dtype, b_dtype in ((f32, f32), (bf16, bf16), (f32, bf16)):  # the last: fp32 residual under autocast
             h, b, alpha = torch.randn(ROWS, D, dtype=h_dtype), torch.randn(ROWS, D, dtype=b_dtype), torch.rand(D)
-            _, rstd_b, rstd_u = train_ngpt2._residual_fwd_op(h, b, alpha, eps)
-            train_ngpt2._residual_bwd_op(torch.randn_like(h), h, b, alpha, rstd_b, rstd_u)
-            res, y, rstd = train_gpt2._add_norm_fwd_op(h, b, alpha, eps)
-            train_gpt2._add_norm_bwd_op(torch.randn_like(res), torch.randn_like(y), res, alpha, rstd, h_dtype, b_dtype)
-    kernels = {name: obj for mod in (train_gpt2, train_ngpt2) for name, obj in vars(mod).items()
-               if isinstance(obj, triton.runtime.jit.JITFunction)}
+            _, rstd_b, rstd_u = K._residual_fwd_op(h, b, alpha, eps)
+            K._residual_bwd_op(torch.randn_like(h), h, b, alpha, rstd_b, rstd_u)
+            res, y, rstd = K._add_norm_fwd_op(h, b, alpha, eps)
+            K._add_norm_bwd_op(torch.randn_like(res), torch.randn_like(y), res, alpha, rstd, h_dtype, b_dtype)
+    kernels = {name: obj for name, obj in vars(K).items() if isinstance(obj, triton.runtime.jit.JITFunction)}
     return calls, kernels
 
 
@@ -128,7 +125,7 @@ def test_every_kernel_compiles_without_spills(capability, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     compiled, kernels = lines[:-1], lines[-1]["all_kernels"]
-    assert {c["kernel"] for c in compiled} == set(kernels)  # every @triton.jit kernel of both scripts
+    assert {c["kernel"] for c in compiled} == set(kernels)  # every @triton.jit kernel of kernels.py
     assert {c["BLOCK"] for c in compiled} >= {64, 128, 1024, 2048}  # head dims and both widths
     spilled = [c for c in compiled if c["spill_bytes"]]
     assert not spilled, f"register spills on sm_{capability}: {spilled}"

@@ -55,7 +55,7 @@ def test_validate_quick_runs_every_stage_into_the_record(tmp_path):
     assert readme.count("- command: ") >= len(bench.STAGES) + 1  # the run stage lists both scripts' commands
     files = listed_files(readme)
     assert {"tests.txt", "kernels.txt", "run_gpt2.txt", "run_ngpt2.txt", "more_tests.txt"} <= set(files)
-    with tarfile.open(f"{record}.tar.gz") as tar:  # the one file a lent machine needs to return
+    with tarfile.open(f"{record}.tar.gz") as tar:  # the one file to fetch from a GPU machine
         archived = {os.path.relpath(name, "record") for name in tar.getnames()}
     for name in files + ["README.md", "results.txt"]:
         assert (record / name).stat().st_size > 0 and name in archived, name

@@ -332,6 +332,17 @@ def test_cli_subprocess_exit_code(tmp_path):
     assert r.stderr.startswith("error: ") and str(bad) in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+def test_a_log_with_the_sources_of_several_files_reads_as_the_old_one(tmp_path):
+    old = write_our_log(tmp_path / "old.txt")
+    text = old.read_text()
+    code = "step:1/40 val_loss:0.5000 train_time:1ms\nscript:other.py\nparameters:7 x\n"  # look-alikes at column 0
+    new = tmp_path / "new.txt"
+    new.write_text("".join(f"{'=' * 40} source:{name}\n{code}" for name in ("train_gpt2.py", "kernels.py"))
+                   + "=" * 100 + "\n" + text)
+    a, b = compare.parse_log(str(old)), compare.parse_log(str(new))
+    assert (b.script, b.hp, b.val, b.params) == (a.script, a.hp, a.val, a.params) and b.script == "train_gpt2.py"
+
+
 def test_parse_parameter_count_and_loader_wraps(tmp_path):
     p = write_our_log(tmp_path / "w.txt")
     extra = ('script:train_gpt2.py\nparameters:1234 non_embedding_parameters:99 (0.0M, 0.0M without the embedding '

@@ -228,12 +228,13 @@ def test_sampling_is_deterministic_per_seed(runs, corpus, name, capsys):
 def test_sampling_with_the_gpt2_tokenizer(tmp_path):
     """An untrained checkpoint with GPT-2's vocabulary, written here (training one would be slow)."""
     gpt2_or_skip()
+    import runtime
     import train_gpt2
     hp = train_gpt2.parse_args(["--n_layer=1", "--n_head=2", "--n_embd=32", "--mup_base_width=32"])
     torch.manual_seed(0)
     path = tmp_path / "untrained.dcp"
-    train_gpt2.save_checkpoint(str(path), dict(model=train_gpt2.GPT(hp).state_dict()),
-                               dict(step=0, hyperparameters=vars(hp), script="train_gpt2.py"), True)
+    runtime.save_checkpoint(str(path), dict(model=train_gpt2.GPT(hp).state_dict()),
+                            dict(step=0, hyperparameters=vars(hp), script="train_gpt2.py"), True)
     args = [str(path), "--prompt", "Hello, world", "--max_new_tokens=8", "--temperature=1.0"]
     assert sample.main(args + ["--seed=1"]) == sample.main(args + ["--seed=1"])
     assert sample.main(args + ["--seed=1"])[0].startswith("Hello, world")

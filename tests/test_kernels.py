@@ -1,4 +1,5 @@
-"""Triton kernels (norm_scale, add_norm, residual_update, normalize_weights_) vs their plain-torch references.
+"""kernels.py's Triton kernels (norm_scale, add_norm, residual_update, norm_rows_) vs their plain-torch references,
+and the self-check the scripts run before training on them.
 
 With a GPU the kernels run on CUDA; without one, on CPU tensors through Triton's interpreter (slow: shapes
 stay tiny). Run: python -m pytest tests/test_kernels.py
@@ -15,12 +16,13 @@ import torch
 CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTERPRET=1 before any import of triton
 
 pytest.importorskip("triton")
+import kernels  # noqa: E402
 import train_gpt2  # noqa: E402
 import train_ngpt2  # noqa: E402
 from conftest import write_shard  # noqa: E402
 
-if not CUDA and type(train_gpt2._norm_scale_fwd_kernel).__name__ != "InterpretedFunction":
-    raise RuntimeError("tests/test_kernels.py: the training scripts were imported before TRITON_INTERPRET=1 was set "
+if not CUDA and type(kernels._norm_scale_fwd_kernel).__name__ != "InterpretedFunction":
+    raise RuntimeError("tests/test_kernels.py: kernels.py was imported before TRITON_INTERPRET=1 was set "
                        "(tests/conftest.py should have set it); run pytest with TRITON_INTERPRET=1 in the environment")
 
 
@@ -58,22 +60,22 @@ def test_norm_scale_fp32(D, rows, scale_shape):
     G = 2 if scale_shape == "GD" else 1  # 2 groups: several backward programs per group at D=100
     x = torch.randn(rows * G, D)
     scale = {"none": None, "D": torch.randn(D), "GD": torch.randn(G, D)}[scale_shape]
-    check_norm_scale(train_gpt2, x, scale)
+    check_norm_scale(kernels, x, scale)
 
 
 @pytest.mark.parametrize("D", [100, 768])
 def test_norm_scale_bf16(D):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, D).bfloat16()  # (B, T, heads, D) with a per-head scale, as nGPT's q and k
-    check_norm_scale(train_ngpt2, x, torch.randn(4, D), torch.bfloat16)
-    check_norm_scale(train_ngpt2, x, torch.randn(D).bfloat16(), torch.bfloat16)
+    check_norm_scale(kernels, x, torch.randn(4, D), torch.bfloat16)
+    check_norm_scale(kernels, x, torch.randn(D).bfloat16(), torch.bfloat16)
 
 
 def test_norm_scale_per_head_rows():
     # row r of the flattened (B*T*H, D) view must use scale[r % H]: compare against an explicit loop
     torch.manual_seed(0)
     x, scale = torch.randn(2, 5, 3, 16), torch.randn(3, 16)
-    y = train_gpt2.norm_scale(x, scale, EPS, "triton")
+    y = kernels.norm_scale(x, scale, EPS, "triton")
     for h in range(3):
         expected = x[:, :, h] / torch.sqrt(x[:, :, h].pow(2).sum(-1, keepdim=True) + EPS) * scale[h]
         torch.testing.assert_close(y[:, :, h], expected)
@@ -84,53 +86,53 @@ def test_norm_scale_zero_rows():
     x[[0, 4, 8]] = 0.0
     scale = torch.randn(100, requires_grad=True)
     xr = x.clone().requires_grad_()
-    y = train_gpt2.norm_scale(xr, scale, EPS, "triton")
+    y = kernels.norm_scale(xr, scale, EPS, "triton")
     assert torch.isfinite(y).all() and (y[[0, 4, 8]] == 0).all()
     y.sum().backward()
     assert torch.isfinite(xr.grad).all() and torch.isfinite(scale.grad).all()
-    check_norm_scale(train_gpt2, x, scale)
+    check_norm_scale(kernels, x, scale)
 
 
 def test_norm_scale_non_contiguous():
     torch.manual_seed(0)
-    check_norm_scale(train_gpt2, torch.randn(100, 11).t(), torch.randn(100))  # column stride != 1
-    check_norm_scale(train_gpt2, torch.randn(7, 130)[:, 5:105], torch.randn(100))  # row stride != D
+    check_norm_scale(kernels, torch.randn(100, 11).t(), torch.randn(100))  # column stride != 1
+    check_norm_scale(kernels, torch.randn(7, 130)[:, 5:105], torch.randn(100))  # row stride != D
     qkv = torch.randn(2, 3, 3 * 4 * 16)
     q = qkv[..., : 4 * 16].view(2, 3, 4, 16)  # a q slice of a fused qkv: not flattenable to 2-D without a copy
-    check_norm_scale(train_gpt2, q, torch.randn(4, 16))
+    check_norm_scale(kernels, q, torch.randn(4, 16))
     # a non-contiguous incoming gradient
     x = torch.randn(6, 100, requires_grad=True)
     dy = torch.randn(100, 6).t()
-    g = torch.autograd.grad(train_gpt2.norm_scale(x, None, EPS, "triton"), x, dy)[0]
-    torch.testing.assert_close(g, torch.autograd.grad(train_gpt2.norm_scale_torch(x, None, EPS), x, dy)[0])
+    g = torch.autograd.grad(kernels.norm_scale(x, None, EPS, "triton"), x, dy)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(kernels.norm_scale_torch(x, None, EPS), x, dy)[0])
 
 
 def test_norm_scale_bad_input():
     x = torch.randn(4, 10)
     with pytest.raises(ValueError, match="scale"):
-        train_gpt2.norm_scale(x, torch.ones(3, 10), EPS, "triton")  # 3 does not divide 4 rows
+        kernels.norm_scale(x, torch.ones(3, 10), EPS, "triton")  # 3 does not divide 4 rows
     with pytest.raises(ValueError, match="scale"):
-        train_gpt2.norm_scale(x, torch.ones(9), EPS, "torch")
+        kernels.norm_scale(x, torch.ones(9), EPS, "torch")
 
 
 def test_missing_triton_message(monkeypatch):
-    monkeypatch.setattr(train_gpt2, "triton", None)
+    monkeypatch.setattr(kernels, "triton", None)
     x = torch.randn(4, 10)
-    torch.testing.assert_close(train_gpt2.norm_scale(x, None, EPS, "torch"), train_gpt2.norm_scale_torch(x, None, EPS))
+    torch.testing.assert_close(kernels.norm_scale(x, None, EPS, "torch"), kernels.norm_scale_torch(x, None, EPS))
     with pytest.raises(RuntimeError, match="needs the triton package"):
-        train_gpt2.norm_scale(x, None, EPS, "triton")
+        kernels.norm_scale(x, None, EPS, "triton")
 
 
 def test_cpu_without_interpreter_message(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        train_gpt2.norm_scale(torch.randn(4, 10, device="cpu"), None, EPS, "triton")
+        kernels.norm_scale(torch.randn(4, 10, device="cpu"), None, EPS, "triton")
 
 
 def check_residual(h, b, alpha, dtype=torch.float32):
     h, b, alpha = (t.detach().requires_grad_() for t in (h, b, alpha))
-    out = train_ngpt2.residual_update(h, b, alpha, EPS, "triton")
-    ref = train_ngpt2.residual_update_torch(h, b, alpha, EPS)
+    out = kernels.residual_update(h, b, alpha, EPS, "triton")
+    ref = kernels.residual_update_torch(h, b, alpha, EPS)
     assert out.shape == h.shape and out.dtype == h.dtype
     torch.testing.assert_close(out, ref, **TOL[dtype])
     dy = torch.randn_like(out)
@@ -161,8 +163,8 @@ def test_residual_update_mixed_dtypes():
     torch.manual_seed(0)
     h = torch.nn.functional.normalize(torch.randn(9, 100), dim=-1).requires_grad_()
     b, alpha = torch.randn(9, 100).bfloat16().requires_grad_(), torch.rand(100, requires_grad=True)
-    out = train_ngpt2.residual_update(h, b, alpha, EPS, "triton")
-    ref = train_ngpt2.residual_update_torch(h, b, alpha, EPS)
+    out = kernels.residual_update(h, b, alpha, EPS, "triton")
+    ref = kernels.residual_update_torch(h, b, alpha, EPS)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref)
     dy = torch.randn_like(out)
@@ -173,8 +175,8 @@ def test_residual_update_mixed_dtypes():
 
 def check_add_norm(x, b, scale):
     x, b, scale = (t.detach().requires_grad_() for t in (x, b, scale))
-    res, y = train_gpt2.add_norm(x, b, scale, EPS, "triton")
-    res_ref, y_ref = train_gpt2.add_norm(x, b, scale, EPS, "torch")
+    res, y = kernels.add_norm(x, b, scale, EPS, "triton")
+    res_ref, y_ref = kernels.add_norm(x, b, scale, EPS, "torch")
     tol = TOL[torch.bfloat16 if torch.bfloat16 in (x.dtype, b.dtype) else torch.float32]
     assert res.dtype == y.dtype == res_ref.dtype and res.shape == x.shape
     exact = dict(atol=0, rtol=0) if res.dtype == torch.float32 else tol  # an fp32 add of fp32 or bf16 is exact
@@ -209,8 +211,8 @@ def test_add_norm_only_one_output_used():
     # the last block's residual is not used: its gradient arrives as zeros, not an error
     torch.manual_seed(0)
     x, b, scale = (t.requires_grad_() for t in (torch.randn(6, 32), torch.randn(6, 32), torch.randn(32)))
-    got = torch.autograd.grad(train_gpt2.add_norm(x, b, scale, EPS, "triton")[1].sum(), [x, b, scale])
-    ref = torch.autograd.grad(train_gpt2.add_norm(x, b, scale, EPS, "torch")[1].sum(), [x, b, scale])
+    got = torch.autograd.grad(kernels.add_norm(x, b, scale, EPS, "triton")[1].sum(), [x, b, scale])
+    ref = torch.autograd.grad(kernels.add_norm(x, b, scale, EPS, "torch")[1].sum(), [x, b, scale])
     for g, g_ref in zip(got, ref):
         torch.testing.assert_close(g, g_ref, **TOL[torch.float32])
 
@@ -239,9 +241,9 @@ def test_normalize_weights_parameter_in_place():
 
 def test_compile_fullgraph_no_graph_break():
     def f(x, scale, h, alpha):
-        q = train_ngpt2.norm_scale(x, scale, EPS, "triton")
-        out = train_ngpt2.residual_update(h, q.flatten(-2), alpha, EPS, "triton")
-        res, y = train_gpt2.add_norm(h, out, alpha, EPS, "triton")
+        q = kernels.norm_scale(x, scale, EPS, "triton")
+        out = kernels.residual_update(h, q.flatten(-2), alpha, EPS, "triton")
+        res, y = kernels.add_norm(h, out, alpha, EPS, "triton")
         return (res * y).sum()
 
     torch._dynamo.reset()
@@ -304,6 +306,7 @@ def test_few_training_steps_triton_match_torch(name, tmp_path):
              "--save_every=0", f"--kernels={kernels}", f"--log_dir={tmp_path}"],
             capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
+        assert ("kernels_check:ok max_err:" in out.stdout) == (kernels == "triton")  # checked before the first step
         losses[kernels] = [float(v) for v in re.findall(r"(?:train|val)_loss:([\d.]+)", out.stdout)]
     assert len(losses["torch"]) == 5  # val at 0, three steps, val at 3
     np.testing.assert_allclose(losses["triton"], losses["torch"], atol=2e-4)
@@ -326,3 +329,50 @@ def test_whole_model_traces_without_graph_break(module, extra):
     explanation = torch._dynamo.explain(model)(idx, idx)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+# ---------------------------------------------------------------------------- the self-check before training
+def run_check():
+    lines = []
+    kernels.check("cuda" if CUDA else "cpu", lambda s, console=True: lines.append(s))
+    return lines
+
+
+def test_self_check_passes_with_small_errors():
+    lines = run_check()
+    assert len(lines) == 1 and lines[0].startswith("kernels_check:ok max_err:"), lines
+    fp32, bf16 = (float(v) for v in re.findall(r"max_err(?:_bf16)?:(\S+)", lines[0]))
+    assert fp32 < 1e-5 and bf16 < 3e-2, lines
+
+
+@pytest.mark.parametrize("fault", ["wrong", "raises"])
+def test_self_check_stops_on_a_broken_kernel_naming_the_fallback(monkeypatch, fault):
+    forward = kernels._residual_fwd_op
+
+    def broken(h, b, alpha, eps):
+        if fault == "raises":
+            raise RuntimeError("no kernel image is available for execution on the device\nmore")
+        out, rstd_b, rstd_u = forward(h, b, alpha, eps)
+        return out * 1.01, rstd_b, rstd_u  # off by 1%: a silent bug training would not notice at first
+
+    monkeypatch.setattr(kernels, "_residual_fwd_op", broken)
+    with pytest.raises(SystemExit) as err:
+        run_check()
+    message = str(err.value)
+    assert message.startswith("error: kernels_check: residual_update") and "\n" not in message
+    assert "--kernels=torch" in message and ("raised RuntimeError" in message) == (fault == "raises")
+
+
+def test_a_run_on_a_broken_kernel_stops_before_training(monkeypatch, tmp_path):
+    for split in ("train_000001", "val_000000"):
+        write_shard(tmp_path / f"k_{split}.bin", np.arange(3000) * 7 % 64)
+    monkeypatch.setattr(kernels, "_add_norm_fwd_op", lambda x, b, scale, eps: (x + b, x + b, x.new_ones(1)))
+    with pytest.raises(SystemExit) as err:
+        train_gpt2.main([f"--input_bin={tmp_path}/k_train_*.bin", f"--input_val_bin={tmp_path}/k_val_*.bin",
+                         "--vocab_size=64", "--n_layer=1", "--n_head=2", "--n_embd=32", "--sequence_length=16",
+                         "--batch_size=2", "--device_batch_size=2", "--val_tokens=64", "--num_iterations=2",
+                         "--warmup_iters=0", "--warmdown_iters=1", "--kernels=triton", "--run_id=broken",
+                         f"--log_dir={tmp_path}"])
+    assert "add_norm" in str(err.value) and "--kernels=torch" in str(err.value)
+    after_sources = (tmp_path / "broken.txt").read_text().split("=" * 100 + "\n")[1]
+    assert "error: kernels_check: add_norm" in after_sources and "step:" not in after_sources

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+import runtime
 import train_gpt2
 import train_ngpt2
 from test_train import ROOT, SCRIPTS, TINY, data, losses, run_script  # noqa: F401 (data is a fixture)
@@ -135,7 +136,7 @@ def test_a_checkpoint_resumes_in_any_mode_and_process_count(saved_by, resumed_as
 
 
 def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
-    latest = train_gpt2.latest_checkpoint
+    latest = runtime.latest_checkpoint
 
     def save(name, complete=True):
         (tmp_path / name).mkdir()
@@ -212,11 +213,11 @@ def test_a_signal_just_before_a_save_step_saves_that_step_once(data, tmp_path, m
 
     def signal_during_step_3(step, hp):  # SIGTERM arrives while step 3 trains: the next step is a save step
         if step == 3:
-            train_gpt2.stop_signal = signal.SIGTERM
+            runtime.stop_signal = signal.SIGTERM
         return schedule(step, hp)
 
     monkeypatch.setattr(train_gpt2, "lr_multiplier", signal_during_step_3)
-    monkeypatch.setattr(train_gpt2, "stop_signal", 0)
+    monkeypatch.setattr(runtime, "stop_signal", 0)
     code = in_process(train_gpt2, TINY + data + ["--num_iterations=8", "--val_loss_every=4", "--save_every=4",
                                                  "--run_id=sig", f"--log_dir={tmp_path}"], monkeypatch)
     assert code == 128 + signal.SIGTERM
@@ -259,8 +260,9 @@ def test_the_cuda_rng_saved_is_this_devices_so_a_machine_with_fewer_gpus_restore
         if len(states) > 1:
             raise IndexError("list index out of range")
 
-    # the script sees CUDA, torch's own code (DCP's writer) does not
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: sys._getframe(1).f_globals["__name__"] == "train_gpt2")
+    # the run's own code (the script and runtime.py) sees CUDA, torch's own code (DCP's writer) does not
+    monkeypatch.setattr(torch.cuda, "is_available",
+                        lambda: sys._getframe(1).f_globals["__name__"] in ("train_gpt2", "runtime"))
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([i], dtype=torch.uint8) for i in range(8)])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state.tolist()))

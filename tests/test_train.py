@@ -270,7 +270,8 @@ def test_a_few_steps_from_the_command_line_lower_val_loss(name, data, tmp_path):
     val = losses(out.stdout, "val_loss")
     assert sorted(val) == [0, 10, 20, 30] and val[30] < val[0] - 0.5, val
     log = (tmp_path / "run.txt").read_text()
-    assert log.startswith('"""One side of the GPT-2 vs nGPT A/B')  # the log carries the script's own source
+    assert log.startswith(f"{'=' * 40} source:train_{name}.py\n" + '"""One side of the GPT-2 vs nGPT A/B')
+    assert "\n======================================== source:kernels.py\n" in log  # and each repo module's it imports
     assert "hyperparameters:{" in log and "model_config:{" in log and "peak_memory:" in log
     step_line = r"^step:30/30 train_loss:\d+\.\d{4} grad_norm:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d\dms"
     assert re.search(step_line + r" tokens_per_s:\d+$", log, re.M)
@@ -368,7 +369,7 @@ def test_scripts_identical_outside_the_model():
     banners_a, a = sections(os.path.join(ROOT, "train_gpt2.py"))
     banners_b, b = sections(os.path.join(ROOT, "train_ngpt2.py"))
     assert banners_a == banners_b and [s.split()[-1] for s in banners_a] == [
-        "hyperparameters", "model", "kernels", "loader", "schedule", "loop"]
+        "hyperparameters", "model", "loader", "schedule", "loop"]
     for name in a:
         if name != "model":
             assert a[name] == b[name], f"section {name!r} differs between the two scripts"
