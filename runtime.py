@@ -5,6 +5,7 @@ and the environment report. Imports nothing from the scripts.
 import dataclasses
 import gc
 import glob
+import inspect
 import json
 import os
 import platform
@@ -32,6 +33,48 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 stop_signal = 0  # the last SIGTERM or SIGINT received; the loop stops at its next check
 log_file = None  # the run's log, open on rank 0 only
+
+# ---------------------------------------------------------------------------- flags
+def parse_flags(cls, argv, presets, shape):
+    """A cls() with every --name=value of argv applied: --preset=NAME first sets the fields named in shape, then
+    each explicit flag wins, whatever its place on the line. --help and -h are left to the caller."""
+    hp = cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    given = {}
+    for arg in argv:
+        if arg in ("--help", "-h"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not eq:
+            sys.exit(f"error: expected --name=value, got {arg!r} (run with --help for the list)")
+        if name not in fields:
+            sys.exit(f"error: unknown hyperparameter --{name} (run with --help for the list)")
+        given[name] = value
+    preset = given.get("preset", "")
+    if preset and preset not in presets:
+        sys.exit(f"error: --preset must be one of {tuple(presets)}, got {preset!r}")
+    if preset:
+        hp = dataclasses.replace(hp, **dict(zip(shape, presets[preset])))
+    for name, value in given.items():
+        kind = fields[name].type
+        try:
+            setattr(hp, name, kind(value))
+        except ValueError:
+            sys.exit(f"error: --{name} expects a {kind.__name__}, got {value!r}")
+    return hp
+
+def print_help(hp, script, presets):
+    """Every field of hp with its value and its comment in the class's source as help, then exit."""
+    lines = inspect.getsource(type(hp)).splitlines()
+    helps = {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines
+             if ": " in line and "#" in line}
+    script = os.path.basename(script)
+    print(f"usage: {script} [--name=value ...]\n")
+    for f in dataclasses.fields(hp):
+        print(f"  {f'--{f.name}={getattr(hp, f.name)}':<52} {f.type.__name__:<6} {helps.get(f.name, '')}")
+    print(f"\npresets: {', '.join(presets)}; any setting's parameters and memory per GPU: "
+          f"python tune/memory.py {script[len('train_'):-len('.py')]} --preset=NAME [--name=value ...]")
+    sys.exit(0)
 
 # ---------------------------------------------------------------------------- processes and devices
 def start_processes(device, fsdp):

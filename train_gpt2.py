@@ -6,10 +6,8 @@ python train_gpt2.py --help                          # every hyperparameter, its
 python train_ngpt2.py --n_layer=4 --device=cpu       # any field as --name=value
 torchrun --standalone --nproc_per_node=8 train_ngpt2.py
 """
-import dataclasses
 import functools
 import glob
-import inspect
 import math
 import os
 import sys
@@ -90,30 +88,7 @@ PRESETS = {
 SHAPE = ("n_layer", "n_head", "n_embd", "mlp_hidden")
 
 def parse_args(argv):
-    hp = Hyperparameters()
-    fields = {f.name: f for f in dataclasses.fields(Hyperparameters)}
-    show_help = "--help" in argv or "-h" in argv
-    given = {}
-    for arg in argv:
-        if arg in ("--help", "-h"):
-            continue
-        name, eq, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not eq:
-            sys.exit(f"error: expected --name=value, got {arg!r} (run with --help for the list)")
-        if name not in fields:
-            sys.exit(f"error: unknown hyperparameter --{name} (run with --help for the list)")
-        given[name] = value
-    preset = given.get("preset", "")
-    if preset and preset not in PRESETS:
-        sys.exit(f"error: --preset must be one of {tuple(PRESETS)}, got {preset!r}")
-    if preset:  # first the preset's shape, then every explicit flag over it, whatever the order on the line
-        hp = dataclasses.replace(hp, **dict(zip(SHAPE, PRESETS[preset])))
-    for name, value in given.items():
-        kind = fields[name].type
-        try:
-            setattr(hp, name, kind(value))
-        except ValueError:
-            sys.exit(f"error: --{name} expects a {kind.__name__}, got {value!r}")
+    hp = runtime.parse_flags(Hyperparameters, argv, PRESETS, SHAPE)
     checks = {"schedule": ("wsd", "cosine"), "cooldown_shape": ("linear", "1-sqrt"), "kernels": ("", "triton", "torch"),
               "param_dtype": ("float32", "bfloat16"), "compile": ("", "0", "1"), "device": ("", "cuda", "cpu"),
               "fsdp": (0, 1), "activation_checkpointing": (0, 1)}
@@ -129,21 +104,9 @@ def parse_args(argv):
         sys.exit("error: --resume=auto continues the newest checkpoint of one run; name it with --run_id=...")
     if not hp.mlp_hidden:
         hp.mlp_hidden = hp.mlp_ratio * hp.n_embd
-    if show_help:
-        print_help(hp, fields)
-        sys.exit(0)
+    if "--help" in argv or "-h" in argv:
+        runtime.print_help(hp, __file__, PRESETS)
     return hp
-
-def print_help(hp, fields):
-    lines = inspect.getsource(Hyperparameters).splitlines()  # each field's trailing comment is its help
-    helps = {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in lines
-             if ": " in line and "#" in line}
-    script = os.path.basename(__file__)
-    print(f"usage: {script} [--name=value ...]\n")
-    for name, f in fields.items():
-        print(f"  {f'--{name}={getattr(hp, name)}':<52} {f.type.__name__:<6} {helps.get(name, '')}")
-    print(f"\npresets: {', '.join(PRESETS)}; any setting's parameters and memory per GPU: "
-          f"python tune/memory.py {script[len('train_'):-len('.py')]} --preset=NAME [--name=value ...]")
 
 # ============================================================================ model
 from kernels import add_norm, norm_scale  # fused Triton kernels, or their plain-torch references
