@@ -534,10 +534,10 @@ def main(argv=None):
             print0(f"step:{step + 1}/{hp.num_iterations} train_loss:{train_loss:.4f} grad_norm:{norm:.4f} "
                    f"train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms "
                    f"tokens_per_s:{hp.batch_size * hp.sequence_length / (step_avg / 1000):.0f}")
-            if train_loader.epoch > epoch:  # the loader wrapped to its first shard in this step: the data repeats
+            if train_loader.epoch > epoch:  # the loader came back to where its data order starts: the data repeats
                 epoch = train_loader.epoch
-                print0(f"data_epoch:{epoch} step:{step + 1} (the loader wrapped to the first shard of "
-                       f"{hp.input_bin}; training data repeats from here)")
+                print0(f"data_epoch:{epoch} step:{step + 1} (the loader has read all of {hp.input_bin} in "
+                       f"--data_seed={hp.data_seed}'s order; training data repeats from here)")
     except torch.OutOfMemoryError:
         sys.exit(f"error: out of GPU memory at device_batch_size={hp.device_batch_size} sequence_length="
                  f"{hp.sequence_length} processes={world} fsdp={hp.fsdp}; lower --device_batch_size (batch_size stays: "
