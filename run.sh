@@ -9,11 +9,12 @@
 # or RDZV_ENDPOINT=host0:29500 instead of NODE_RANK/MASTER_ADDR (torchrun's c10d rendezvous). MAX_RESTARTS=N
 # lets torchrun restart failed workers, which then resume by themselves.
 # Without GPUs: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary), two seeds each, in minutes.
-#   ./run.sh fair [...]      the fair A/B (tune/fair.py: lr search per arm, transfer check, seeds, verdict with
-#                            confidence intervals and a fairness audit) into RUN_DIR (default logs/fair); the same
-#                            command again continues it. With GPUs at the scripts' defaults on FineWeb, one run per
-#                            GPU at a time; without, on the tiny corpus (57-75 runs of 300 steps: add --dry_run for
-#                            the plan).
+#   ./run.sh fair [...]      the fair A/B (tune/fair.py: lr search per arm, confirmation at the target width, seeds,
+#                            record runs, a verdict with 95% intervals and a fairness audit; exit status 3 and
+#                            NO VERDICT when the audit fails) into RUN_DIR (default logs/fair); the same command
+#                            again continues it. With GPUs at the scripts' defaults on FineWeb, one run per GPU at a
+#                            time; without, on the tiny corpus (72-108 runs of 300 steps plus the record runs: add
+#                            --dry_run for the plan and its cost).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
