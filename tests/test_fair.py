@@ -72,13 +72,14 @@ class FakePool:
         self.running = {}
         self.slots = 1
         self.started = []
+        self.seeded = False  # True: the surface takes the run's seed too
 
     def free(self):
         return not self.running
 
     def start(self, key, cmd, console):
         lr = float([a for a in cmd if a.startswith("--learning_rate=")][-1].partition("=")[2])
-        self.running[key] = self.surface(key[0], key[2], lr)
+        self.running[key] = self.surface(key[0], key[2], lr, *key[4:5] if self.seeded else ())
         self.started.append(key)
 
     def wait(self):
@@ -91,13 +92,14 @@ class FakePool:
         pass
 
 
-def search(monkeypatch, tmp_path, surface, extra=()):
+def search(monkeypatch, tmp_path, surface, extra=(), seeded=False):
     """The protocol up to the evaluation seeds (record runs need logs, which a fake run does not write)."""
     plan = fair.parse([f"--out={tmp_path}", "--arms", "gpt2,ngpt2", "--baseline=gpt2", "--widths", "64",
                        "--proxy_widths", "16,32", "--seeds", "2"] + TINY + list(extra))
     done = {}
     pool = FakePool(surface, done)
     pool.plan = plan
+    pool.seeded = seeded
     monkeypatch.setattr(runs, "Pool", lambda slots, gpus: pool)
     monkeypatch.setattr(runs, "outcome", lambda log_dir, name: done.get(name, ("not run", math.nan)))
     monkeypatch.setattr(fair, "record_protocol", lambda *args: iter(()))
@@ -131,6 +133,21 @@ def test_search_confirm_choose_and_seeds_on_an_interior_optimum(monkeypatch, tmp
     assert len(pool.started) == len(set(pool.started)) == len(results)    # no run twice
     # the evaluation seeds (2 and 3: not the choosing ones), started alternating arms and seeds
     assert pool.started[-4:] == [(arm, 16, 64, 1, s, 4) for s in (2, 3) for arm in ("gpt2", "ngpt2")]
+
+
+def test_a_choice_at_an_end_of_its_candidates_is_extended_on_both_choosing_seeds(monkeypatch, tmp_path):
+    # seed 0's optimum is at k=1.4 (candidates 0, 1, 2 around its best), seed 1's far above: the mean of the two
+    # is lowest at k=3.7, so the choice sits at the candidates' top end until k=3, 4 and 5 are added on both seeds
+    def surface(arm, width, lr, seed):
+        k = 2 * math.log2(lr / {"gpt2": 6e-4, "ngpt2": 1.5e-3}[arm])
+        return "ok", 3.0 + 0.01 * (k - (1.4 if seed == 0 or width != 64 else 6.0)) ** 2
+    plan, results, found, pool = search(monkeypatch, tmp_path, surface, seeded=True)
+    for arm in ("gpt2", "ngpt2"):
+        f = found[(arm, 16)]
+        assert f.near == {64: [0, 1, 2, 3, 4, 5]} and f.chosen == {64: 4}
+        assert ks_tried(results, arm, 64, seed=1) == [0, 1, 2, 3, 4, 5]
+        assert ks_tried(results, arm, 64) == [-1, 0, 1, 2, 3, 4, 5]
+    assert len(pool.started) == len(set(pool.started)) == len(results)    # no run twice
 
 
 def test_lockstep_interleaves_the_arms_runs():
@@ -278,7 +295,8 @@ def test_an_arm_that_never_reaches_the_target_says_so(tmp_path):
     (["--bogus"], "expected --name=value"),
     (["--n_layr=2"], "unknown hyperparameter --n_layr"),
     (["--arms", "gpt2"], "an A/B needs at least two arms"),
-    (["--arms", "gpt2,ngpt2"], "--baseline gpt2_qk is not one of the arms"),
+    (["--arms", "gpt2,ngpt2", "--baseline=gpt2_qk"], "--baseline gpt2_qk is not one of the arms"),
+    (["--arms", "ngpt2,ng2", "--arm", "ng2=train_ngpt2.py:"], "no --baseline given and neither gpt2 nor gpt2_qk"),
     (["--mfu=2"], "--mfu is a fraction"),
     (["--gpu=TPU"], "no peak TFLOPS known"),
     (["--seeds", "1"], "--seeds must be >= 2"),

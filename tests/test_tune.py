@@ -1,7 +1,12 @@
 """The tuning tools and what they check: muP coordinate check, nGPT's per-group lr rule, QK-norm, the lr sweep,
 the memory planner."""
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +183,31 @@ def test_run_outcome_from_log_and_console(tmp_path):
         got = runs.outcome(str(tmp_path), status)
         assert got[0] == status and (got[1] == 3.5) == (status == "ok"), (status, got)
     assert runs.outcome(str(tmp_path), "missing")[0] == "not run"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_ends_when_the_tool_that_started_it_is_killed(tmp_path):
+    # a tool (here a small python process) starts a run through runs.Pool and is SIGKILLed: the run must not go on
+    # training beside the run the same command starts again
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    tool = (f"import sys, time; sys.path.insert(0, {runs.ROOT!r}); from tune import runs; "
+            f"runs.Pool(1, 0).start('k', [sys.executable, '-c', {child!r}], {str(tmp_path / 'run.out')!r}); "
+            f"time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", tool])
+    deadline = time.time() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if open(f"/proc/{pid}/stat").read().split()[2] == "Z":  # ended, not yet reaped by init
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the run went on after the tool that started it was killed")

@@ -6,9 +6,11 @@ Each run writes its script's log <log_dir>/<run_id>.txt and its console <log_dir
 exit:<code> line once the process has ended. So a run whose log stops early and whose console has no exit line
 was killed (it continues with --resume=auto), and one with a non-zero exit that is not a non-finite loss crashed.
 """
+import ctypes
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +49,12 @@ def outcome(log_dir, name):
     return "killed", math.nan
 
 
+def end_with_parent():
+    """In a run's process, before it starts: SIGTERM when the tool that started it dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so it saves and exits as on Pool.stop and never trains on beside the same run started again."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class Pool:
     """Runs commands, `slots` at a time; on CUDA the run in slot i sees GPU i % gpus."""
 
@@ -64,7 +72,8 @@ class Pool:
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         console = open(console_path, "a")
-        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                preexec_fn=end_with_parent if sys.platform == "linux" else None)
         self.running[proc] = (slot, key, console)
 
     def wait(self):
