@@ -381,8 +381,8 @@ def parameters(plan, arm, length, width):
 
 
 def run_flops(plan, arm, length, width):
-    """Training FLOPs of one full-length run (bench.flops_per_token: 6 x non-embedding parameters plus attention,
-    per token), None when the parameter count or the shape is unknown."""
+    """Training FLOPs of one full-length run (bench.flops_per_token: 6 x the parameters other than the input
+    embedding, plus attention, per token), None when the parameter count or the shape is unknown."""
     import bench
     params = parameters(plan, arm, length, width)
     hp = script_hp(plan, arm, command(plan, (arm, length, width, 0, 0, plan.steps))[2:], f"width {width}")
@@ -418,7 +418,8 @@ def plan_text(plan):
         lines.append(f"  length {length}: batch {batch} x {length} = {batch * length} tokens per step "
                      f"(micro-batch {device}), {compare.fmt_count(batch * length * plan.steps)} tokens per run")
     lines.append(f"  cost at MFU {plan.mfu:g} of one {plan.gpu} ({plan.peak / 1e12:.0f} dense bf16 TFLOPS), an "
-                 f"assumption (--mfu, --gpu); FLOPs = 6 x non-embedding parameters x tokens + attention (bench.py)")
+                 f"assumption (--mfu, --gpu); FLOPs = 6 x parameters but the input embedding x tokens + attention "
+                 f"(bench.py)")
     total = np.zeros(6)
     for stage, (lo, hi, share) in per.items():
         row = np.zeros(6)
