@@ -619,7 +619,7 @@ def failure(err, record):
         f.write(traceback.format_exc())
     hint = ""
     if isinstance(err, torch.OutOfMemoryError):
-        hint = " (the default micro-batch of 64 x 1024 tokens does not fit: python tune/memory.py gpt2 --gpu_gib=...)"
+        hint = " (the default micro-batch of 64 x 1024 tokens does not fit: python -m tune.memory gpt2 --gpu_gib=...)"
     message = (str(err).strip().splitlines() or [""])[0][:200]
     return f"error:{type(err).__name__} {message}{hint} (traceback in {name})"
 

@@ -22,9 +22,7 @@ try:
 except ImportError:  # CPU-only installs: the plain-torch references still work
     triton = None
 
-# One op namespace for the kernels; the module's name is part of it so a second import under another name can
-# register its own ops
-OPS_NAMESPACE = "ngpt_ab_" + __name__.replace(".", "_")
+OPS_NAMESPACE = "ngpt_ab"  # torch.ops.ngpt_ab.*; every tool imports this file as the module `kernels`
 
 # ---------------------------------------------------------------------------- norm_scale, and the shared helpers
 # Rows are the flattened leading dims of x; row r uses scale[r % G] for scale of shape (G, D) or (D,) (G=1).

@@ -9,7 +9,7 @@
 # or RDZV_ENDPOINT=host0:29500 instead of NODE_RANK/MASTER_ADDR (torchrun's c10d rendezvous). MAX_RESTARTS=N
 # lets torchrun restart failed workers, which then resume by themselves.
 # Without GPUs: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary), two seeds each, in minutes.
-#   ./run.sh fair [...]      the fair A/B (tune/fair.py: lr search per arm, confirmation at the target width, seeds,
+#   ./run.sh fair [...]      the fair A/B (python -m tune.fair: lr search per arm, confirmation at the target width, seeds,
 #                            record runs, a verdict with 95% intervals and a fairness audit; exit status 3 and
 #                            NO VERDICT when the audit fails) into RUN_DIR (default logs/fair); the same command
 #                            again continues it. With GPUs at the scripts' defaults on FineWeb, one run per GPU at a
@@ -25,14 +25,14 @@ TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_v
 if [[ $# -gt 0 && $1 == fair ]]; then
     shift
     if [[ $($PYTHON -c "import torch; print(torch.cuda.device_count())") -gt 0 ]]; then
-        ls data/fineweb10B/fineweb_train_000025.bin >/dev/null 2>&1 || $PYTHON data/cached_fineweb10B.py 25
-        exec $PYTHON tune/fair.py --out="${RUN_DIR:-logs/fair}" "$@"
+        ls data/fineweb10B/fineweb_train_000025.bin >/dev/null 2>&1 || $PYTHON -m data.cached_fineweb10B 25
+        exec $PYTHON -m tune.fair --out="${RUN_DIR:-logs/fair}" "$@"
     fi
     echo "no GPU: the fair A/B on the tiny offline corpus on CPU (see README for the real one)"
-    ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON data/tiny.py
+    ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON -m data.tiny
     # every arm at the same 30-step warmup (GPT-2's default of 256 does not suit 300 steps); fair.py sets
     # mup_base_width itself
-    exec $PYTHON tune/fair.py --out="${RUN_DIR:-logs/fair_tiny}" "${TINY[@]}" --warmup_iters=30 "$@"
+    exec $PYTHON -m tune.fair --out="${RUN_DIR:-logs/fair_tiny}" "${TINY[@]}" --warmup_iters=30 "$@"
 fi
 
 MODELS=(gpt2 ngpt2)
@@ -49,7 +49,7 @@ GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
 
 if [[ $GPUS -gt 0 ]]; then
     # Speedrun scale: 4768 steps of 512 x 1024 tokens need 25 of the 100M-token chunks.
-    ls data/fineweb10B/fineweb_train_000025.bin >/dev/null 2>&1 || $PYTHON data/cached_fineweb10B.py 25
+    ls data/fineweb10B/fineweb_train_000025.bin >/dev/null 2>&1 || $PYTHON -m data.cached_fineweb10B 25
     LAUNCH=(--nproc_per_node="$GPUS" --max_restarts="${MAX_RESTARTS:-0}")
     if [[ $NNODES -eq 1 ]]; then
         LAUNCH+=(--standalone)
@@ -64,7 +64,7 @@ if [[ $GPUS -gt 0 ]]; then
     done
 else
     echo "no GPU: running the tiny offline A/B on CPU (see README for the real one)"
-    ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON data/tiny.py
+    ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON -m data.tiny
     # each model's best lr at this length (records/2026-11-25_tiny_cpu_ab; nGPT 2e-2, best in the 150-step
     # transfer sweep records/2026-11-25_tiny_cpu_mup_transfer, ends worse here)
     declare -A TINY_LR=([gpt2]="--learning_rate=2e-3 --warmup_iters=30" [ngpt2]="--learning_rate=1e-2")
@@ -75,5 +75,5 @@ else
         done
     done
 fi
-$PYTHON records/compare.py "$RUN_DIR" --out_dir=img --name=latest --markdown="$RUN_DIR/table.md"
+$PYTHON -m tune.compare "$RUN_DIR" --out_dir=img --name=latest --markdown="$RUN_DIR/table.md"
 echo "logs, table: $RUN_DIR   plots: img/latest_*.png"

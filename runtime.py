@@ -73,7 +73,7 @@ def print_help(hp, script, presets):
     for f in dataclasses.fields(hp):
         print(f"  {f'--{f.name}={getattr(hp, f.name)}':<52} {f.type.__name__:<6} {helps.get(f.name, '')}")
     print(f"\npresets: {', '.join(presets)}; any setting's parameters and memory per GPU: "
-          f"python tune/memory.py {script[len('train_'):-len('.py')]} --preset=NAME [--name=value ...]")
+          f"python -m tune.memory {script[len('train_'):-len('.py')]} --preset=NAME [--name=value ...]")
     sys.exit(0)
 
 # ---------------------------------------------------------------------------- processes and devices

@@ -293,7 +293,7 @@ def normalize_weights_(pairs, eps, kernels):
 
 # ============================================================================ data loader
 MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}
-DATA_HINT = ("build data with `python data/tiny.py` (offline) or `python data/cached_fineweb10B.py 25` "
+DATA_HINT = ("build data with `python -m data.tiny` (offline) or `python -m data.cached_fineweb10B 25` "
              "(FineWeb: the 25 chunks the default run reads)")
 
 def read_shard(path, min_tokens=0):
@@ -570,7 +570,7 @@ def main(argv=None):
         sys.exit(f"error: out of GPU memory at device_batch_size={hp.device_batch_size} sequence_length="
                  f"{hp.sequence_length} processes={world} fsdp={hp.fsdp}; lower --device_batch_size (batch_size stays: "
                  f"more micro-batches), add --activation_checkpointing=1 or --fsdp=1, or use more GPUs; "
-                 f"tune/memory.py estimates the memory of any setting without a GPU")
+                 f"python -m tune.memory estimates the memory of any setting without a GPU")
 
     if hp.save_every:
         checkpoint(hp.num_iterations, train_loader.state(), "end")

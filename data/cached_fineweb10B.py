@@ -1,10 +1,10 @@
 """Download FineWeb10B already tokenized with GPT-2's BPE (100M tokens per chunk) from the Hugging Face Hub
 into data/fineweb10B/, about an hour faster than tokenizing it yourself.
 
-    python data/cached_fineweb10B.py          # all 103 training chunks + the validation shard
-    python data/cached_fineweb10B.py 8        # the first 8 training chunks + the validation shard
-    python data/cached_fineweb10B.py 8 --edu  # FineWeb-Edu (99 chunks) into data/finewebedu10B/ instead
-                                              # (same as python data/cached_finewebedu10B.py 8)
+    python -m data.cached_fineweb10B          # all 103 training chunks + the validation shard
+    python -m data.cached_fineweb10B 8        # the first 8 training chunks + the validation shard
+    python -m data.cached_fineweb10B 8 --edu  # FineWeb-Edu (99 chunks) into data/finewebedu10B/ instead
+                                              # (same as python -m data.cached_finewebedu10B 8)
 
 huggingface_hub does the transfer: it retries and resumes a dropped connection, checks ETags, shows progress and
 honours HF_TOKEN and HF_ENDPOINT (mirrors). Shards already complete are skipped without asking the Hub; every
@@ -14,9 +14,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from shards import first_line, shard_problem  # noqa: E402
+from data.shards import first_line, shard_problem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # variant -> (Hub dataset repo, file prefix, training chunks in it, local folder)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from shards import first_line
+from data.shards import first_line
 
 LLAMA_REPO = "hf-internal-testing/llama-tokenizer"  # an ungated copy of LLaMA's tokenizer.model (32000, bos=1)
 MIN_SPM_VOCAB = 300  # byte fallback alone takes 256 + 3 special ids

@@ -1,10 +1,10 @@
 """Tokenize a raw-text corpus into token shards: FineWeb or FineWeb-Edu (sample-10BT) or OpenWebText, streamed
 from the Hugging Face Hub one parquet file at a time, or local files.
 
-    python data/prepare.py --dataset fineweb                             # GPT-2 BPE -> data/fineweb10B/
-    python data/prepare.py --dataset fineweb-edu --tokenizer llama       # -> data/finewebedu10B_llama/
-    python data/prepare.py --dataset openwebtext --train_tokenizer 8192  # -> data/openwebtext_spm8192/
-    python data/prepare.py --input 'corpus/*.jsonl' --out_dir data/mycorpus
+    python -m data.prepare --dataset fineweb                             # GPT-2 BPE -> data/fineweb10B/
+    python -m data.prepare --dataset fineweb-edu --tokenizer llama       # -> data/finewebedu10B_llama/
+    python -m data.prepare --dataset openwebtext --train_tokenizer 8192  # -> data/openwebtext_spm8192/
+    python -m data.prepare --input 'corpus/*.jsonl' --out_dir data/mycorpus
 
 Shards hold exactly --shard_size tokens (the last may be shorter); the first is validation. Worker processes
 tokenize in parallel and their results are taken in document order, so the shards do not depend on --workers.
@@ -23,10 +23,9 @@ from multiprocessing import Pool
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from encoders import MIN_SPM_VOCAB, Tokenizer, train_spm  # noqa: E402
-from shards import DTYPES, MAX_VOCAB, first_line, version_for_vocab, write_shard  # noqa: E402
+from data.encoders import MIN_SPM_VOCAB, Tokenizer, train_spm
+from data.shards import DTYPES, MAX_VOCAB, first_line, version_for_vocab, write_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # name -> (Hub dataset repo, folder of its parquet files, shard prefix, output folder)

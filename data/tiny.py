@@ -1,8 +1,8 @@
 """Offline tiny corpus: Python's own documentation (pydoc_data.topics, sorted by key, one document per topic),
 tokenized into tiny_val_000000.bin and tiny_train_000001.bin in about a second.
 
-    python data/tiny.py                       # data/tiny/: a 2048-token SentencePiece BPE trained on the same text
-    python data/tiny.py --tokenizer gpt2      # data/tiny_gpt2/: GPT-2 BPE (tiktoken's vocabulary, TIKTOKEN_CACHE_DIR)
+    python -m data.tiny                       # data/tiny/: a 2048-token SentencePiece BPE trained on the same text
+    python -m data.tiny --tokenizer gpt2      # data/tiny_gpt2/: GPT-2 BPE (tiktoken's vocabulary, TIKTOKEN_CACHE_DIR)
 
 The trained tokenizer is saved beside the shards (tiny_spm2048.model). The first 10% of the tokens (at least 16384)
 are the validation shard. The output is byte-identical from run to run.
@@ -13,10 +13,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from encoders import MIN_SPM_VOCAB, Tokenizer, train_spm  # noqa: E402
-from shards import version_for_vocab, write_shard  # noqa: E402
+from data.encoders import MIN_SPM_VOCAB, Tokenizer, train_spm
+from data.shards import version_for_vocab, write_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIN_VAL_TOKENS = 16384

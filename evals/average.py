@@ -1,7 +1,7 @@
 """Average several checkpoints of one run into a checkpoint the other eval tools load.
 
     python train_ngpt2.py ... --save_every=250 --keep_checkpoints=1
-    python evals/average.py logs/RUN_step004250.dcp logs/RUN_step004500.dcp logs/RUN_step004768.dcp \
+    python -m evals.average logs/RUN_step004250.dcp logs/RUN_step004500.dcp logs/RUN_step004768.dcp \
         --out logs/RUN_avg.dcp
 
 Weights are averaged in float32 and stored in their saved dtype. Then the script's own post-step constraint is
@@ -14,9 +14,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import build_model, read_checkpoint  # noqa: E402  (it puts the repo root on sys.path)
-from runtime import save_checkpoint  # noqa: E402
+from evals.common import build_model, read_checkpoint
+from runtime import save_checkpoint
 
 # settings that may differ between checkpoints of one run (bookkeeping, not the model or the data)
 BOOKKEEPING = {"resume", "log_dir", "run_id", "device", "compile", "kernels", "save_every", "keep_checkpoints",

@@ -1,6 +1,6 @@
 """Validation loss, perplexity and bits per byte at several context lengths, for one or more checkpoints.
 
-    python evals/extrapolate.py logs/ab/gpt2_s0_step004768.dcp logs/ab/ngpt2_s0_step004768.dcp \
+    python -m evals.extrapolate logs/ab/gpt2_s0_step004768.dcp logs/ab/ngpt2_s0_step004768.dcp \
         --lengths 256,512,1024,2048,4096
 
 Every length reads the same validation tokens (default: the checkpoint's val_tokens from its input_val_bin),
@@ -20,8 +20,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Loaded, add_args, load_tokenizer  # noqa: E402
+from evals.common import ROOT, Loaded, add_args, load_tokenizer
 
 
 def val_loss(loaded, tokens, ctx, batch_tokens):

@@ -1,8 +1,8 @@
 """EleutherAI's lm-evaluation-harness on a checkpoint of train_gpt2.py or train_ngpt2.py.
 
     pip install -r evals/requirements.txt
-    python evals/harness.py logs/RUN_step004768.dcp --tasks hellaswag,arc_easy,piqa,winogrande,lambada_openai
-    python evals/harness.py logs/RUN_step004768.dcp --tasks my_task --include_path my_tasks/ --limit 100
+    python -m evals.harness logs/RUN_step004768.dcp --tasks hellaswag,arc_easy,piqa,winogrande,lambada_openai
+    python -m evals.harness logs/RUN_step004768.dcp --tasks my_task --include_path my_tasks/ --limit 100
 
 The harness downloads each task's data through Hugging Face datasets on first use. A small lm_eval LM subclass
 scores requests with the model's own forward pass: loglikelihood (context + continuation, cut from the left to
@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Loaded, add_args, generate, load_tokenizer  # noqa: E402
+from evals.common import Loaded, add_args, generate, load_tokenizer
 
 try:
     from lm_eval.api.model import LM
@@ -125,7 +124,7 @@ def main(argv=None):
     add_args(p)
     args = p.parse_args(argv)
     if LM is object:
-        sys.exit("error: evals/harness.py needs lm-eval; install it with pip install -r evals/requirements.txt")
+        sys.exit("error: python -m evals.harness needs lm-eval; install it with pip install -r evals/requirements.txt")
     if args.limit < 0 or args.batch_size < 1:
         sys.exit("error: --limit must be >= 0 and --batch_size >= 1")
     if args.include_path and not os.path.isdir(args.include_path):

@@ -1,13 +1,13 @@
 """HellaSwag accuracy of a checkpoint of train_gpt2.py or train_ngpt2.py (the validation set, 10,042 items).
 
-    python evals/hellaswag.py logs/RUN_step004768.dcp      # downloads data/hellaswag/hellaswag_val.jsonl once
-    python evals/hellaswag.py logs/RUN_step004768.dcp --limit 500 --tokenizer spm:data/tiny/tiny_spm2048.model
+    python -m evals.hellaswag logs/RUN_step004768.dcp      # downloads data/hellaswag/hellaswag_val.jsonl once
+    python -m evals.hellaswag logs/RUN_step004768.dcp --limit 500 --tokenizer spm:data/tiny/tiny_spm2048.model
 
 Each ending is scored as the log-likelihood of its tokens given the context: context tokens = encode(ctx), ending
 tokens = encode(" " + ending), concatenated (a context is cut from the left when the pair is longer than the
 training sequence length). acc picks the ending with the highest total log-likelihood, acc_norm the one with the
 highest mean per ending token. The last line is `hellaswag acc:A acc_norm:B n:N`; an `eval:hellaswag` line is also
-appended to the run's log next to the checkpoint, for records/compare.py.
+appended to the run's log next to the checkpoint, for tune/compare.py.
 """
 import argparse
 import json
@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Loaded, add_args, load_tokenizer  # noqa: E402
+from evals.common import ROOT, Loaded, add_args, load_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"  # as llm.c reads it
 DEFAULT_DATA = os.path.join(ROOT, "data", "hellaswag", "hellaswag_val.jsonl")

@@ -1,19 +1,17 @@
 """Text samples from a checkpoint of train_gpt2.py or train_ngpt2.py; the same seed gives the same text.
 
-    python evals/sample.py logs/RUN_step004768.dcp --prompt "The meaning of life is"
-    python evals/sample.py logs/RUN_step004768.dcp --prompt "def " --tokenizer spm:data/tiny/tiny_spm2048.model --seed 1
+    python -m evals.sample logs/RUN_step004768.dcp --prompt "The meaning of life is"
+    python -m evals.sample logs/RUN_step004768.dcp --prompt "def " --tokenizer spm:data/tiny/tiny_spm2048.model --seed 1
 
 The prompt starts a document (the tokenizer's document-start token comes first, as in the training data);
 generation stops early when the model starts a new document.
 """
 import argparse
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Loaded, add_args, generate, load_tokenizer  # noqa: E402
+from evals.common import Loaded, add_args, generate, load_tokenizer
 
 
 def sample(loaded, tok, prompt, max_new_tokens, temperature, top_k, seed):

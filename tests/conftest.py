@@ -1,11 +1,9 @@
-"""Shared test setup: the repo root on sys.path, Triton's CPU interpreter when there is no GPU, offline tiktoken."""
+"""Shared test setup: Triton's CPU interpreter when there is no GPU, offline tiktoken."""
 import os
-import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 try:
     import torch

@@ -135,8 +135,7 @@ CANARY = '''
 import sys
 import triton
 import triton.language as tl
-sys.path.insert(0, sys.argv[2])
-import test_aot
+from tests import test_aot
 
 
 @triton.jit
@@ -164,8 +163,9 @@ def test_harness_sees_spills_and_compile_errors(tmp_path):
     script.write_text(CANARY)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
-    out = subprocess.run([sys.executable, str(script), "90", os.path.dirname(__file__)], capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=600)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, str(script), "90"], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=600)
     spills = int(re.search(r"spills (\d+)", out.stdout).group(1))
     assert spills > 0
     assert out.returncode != 0 and "undefined_name" in out.stderr

@@ -1,5 +1,4 @@
-"""Tests for records/compare.py: log parsing, grouping, speedup, eval results, plots, CLI errors."""
-import importlib.util
+"""Tests for tune/compare.py: log parsing, grouping, speedup, eval results, plots, CLI errors."""
 import json
 import os
 import subprocess
@@ -7,10 +6,9 @@ import sys
 
 import pytest
 
+from tune import compare
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("records_compare", os.path.join(REPO, "records", "compare.py"))
-compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare)
 
 
 def loss_at(step, speed=1.0):
@@ -326,8 +324,7 @@ def test_cli_errors(tmp_path):
 def test_cli_subprocess_exit_code(tmp_path):
     bad = tmp_path / "x.txt"
     bad.write_text("no steps here\n")
-    r = subprocess.run([sys.executable, os.path.join(REPO, "records", "compare.py"), str(bad)],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "tune.compare", str(bad)], capture_output=True, text=True, cwd=REPO)
     assert r.returncode != 0
     assert r.stderr.startswith("error: ") and str(bad) in r.stderr and len(r.stderr.splitlines()) == 1
 

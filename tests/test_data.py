@@ -19,14 +19,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data")
-sys.path.insert(0, DATA)  # data/ is a folder of scripts; conftest.py puts ROOT on the path and sets TIKTOKEN_CACHE_DIR
-
-import cached_fineweb10B  # noqa: E402
-import encoders  # noqa: E402
-import prepare  # noqa: E402
-import shards  # noqa: E402
-import tiny  # noqa: E402
-import train_gpt2  # noqa: E402  (the training script's reader is the other end of the format)
+import train_gpt2  # the training script's reader is the other end of the format
+from data import cached_fineweb10B, encoders, prepare, shards, tiny
 
 
 def gpt2_or_skip():
@@ -238,8 +232,8 @@ def test_prepare_user_errors(tmp_path, spm_model, argv, pattern):
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     for cmd in (["tiny.py", "--tokenizer", "bert"], ["tiny.py", "--vocab", "10"],
                 ["prepare.py", "--input", "x.jsonl"], ["cached_fineweb10B.py", "104"]):
-        r = subprocess.run([sys.executable, os.path.join(DATA, cmd[0])] + cmd[1:], capture_output=True, text=True,
-                           timeout=120, cwd=tmp_path)
+        r = subprocess.run([sys.executable, "-m", "data." + cmd[0].removesuffix(".py")] + cmd[1:], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
         assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (cmd, r.stderr)
 
 
@@ -391,8 +385,9 @@ def test_tiktoken_offline_message(monkeypatch):
 
 def test_edu_command_line(tmp_path, hub):
     data = hub.put("kjj0/finewebedu10B-gpt2", "finewebedu_val_000000.bin", hub.originals["fineweb_val_000000.bin"])
-    r = subprocess.run([sys.executable, os.path.join(DATA, "cached_finewebedu10B.py"), "0", "--local_dir",
-                        str(tmp_path / "edu"), "--endpoint", hub.endpoint], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "data.cached_finewebedu10B", "0", "--local_dir",
+                        str(tmp_path / "edu"), "--endpoint", hub.endpoint], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "edu" / "finewebedu_val_000000.bin").read_bytes() == data
     one_line_exit(cached_fineweb10B.main, ["100", "--edu"], match="has 99 training chunks")

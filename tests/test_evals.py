@@ -17,15 +17,8 @@ import torch.nn.functional as F
 from conftest import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "evals"))
-sys.path.insert(0, os.path.join(ROOT, "data"))
-
-import average  # noqa: E402
-import common  # noqa: E402
-import extrapolate  # noqa: E402
-import hellaswag  # noqa: E402
-import sample  # noqa: E402
-import tiny  # noqa: E402
+from data import tiny
+from evals import average, common, extrapolate, hellaswag, sample
 
 NAMES = ["gpt2", "ngpt2"]
 VOCAB = 512
@@ -71,7 +64,7 @@ def log_text(runs, name):
 
 
 def gpt2_or_skip():
-    from encoders import Tokenizer
+    from data.encoders import Tokenizer
     try:
         return Tokenizer("gpt2")
     except SystemExit as exc:
@@ -80,7 +73,7 @@ def gpt2_or_skip():
 
 # ---------------------------------------------------------------------------- loading, tokenizer
 def test_every_tool_has_help(capsys):
-    import harness  # --help works without lm-eval
+    from evals import harness  # --help works without lm-eval
     for tool in [hellaswag, harness, extrapolate, sample, average]:
         with pytest.raises(SystemExit) as exc:
             tool.main(["--help"])
@@ -288,7 +281,7 @@ def test_harness_loglikelihood_equals_the_models_own_loss(runs, corpus, tmp_path
     pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -r evals/requirements.txt)")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    import harness
+    from evals import harness
     from lm_eval.api.instance import Instance
     loaded = common.Loaded(ckpt(runs, "ngpt2"), "cpu")
     tok = common.load_tokenizer(corpus[1], loaded)

@@ -341,8 +341,8 @@ STANDIN = ["--arms", "slow,fast", "--baseline", "slow", "--arm", "slow=tests/fai
 
 def fair_cli(out, extra=(), ledger=None):
     env = dict(os.environ, FAIR_LEDGER=str(ledger or out.parent / f"{out.name}.ledger"))
-    return subprocess.Popen([sys.executable, os.path.join(fair.ROOT, "tune", "fair.py"), f"--out={out}"] + STANDIN
-                            + list(extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "tune.fair", f"--out={out}"] + STANDIN + list(extra), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=fair.ROOT)
 
 
 def test_whole_protocol_extends_confirms_records_and_survives_sigkill(tmp_path):

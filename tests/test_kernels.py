@@ -16,7 +16,7 @@ import torch
 CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTERPRET=1 before any import of triton
 
 pytest.importorskip("triton")
-import kernels  # noqa: E402
+import kernels  # noqa: E402  (after the importorskip)
 import train_gpt2  # noqa: E402
 import train_ngpt2  # noqa: E402
 from conftest import write_shard  # noqa: E402

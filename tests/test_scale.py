@@ -278,9 +278,7 @@ def test_the_cuda_rng_saved_is_this_devices_so_a_machine_with_fewer_gpus_restore
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_the_eval_tools_read_an_fsdp_checkpoint(data, fsdp_ngpt, tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "evals"))
-    import average
-    import common
+    from evals import average, common
     logs, out = fsdp_ngpt
     ckpts = run_dir(logs)[1]
     loaded = common.Loaded(str(ckpts[6]), "cpu")  # one process reads both processes' shards

@@ -349,7 +349,7 @@ def test_out_of_memory_names_the_flags_to_change(data, tmp_path, monkeypatch):
         train_gpt2.main(TINY + data + ["--num_iterations=8", "--val_loss_every=0", f"--log_dir={tmp_path}"])
     message = str(err.value)
     assert message.startswith("error: out of GPU memory at device_batch_size=4") and "\n" not in message
-    assert "--activation_checkpointing=1" in message and "tune/memory.py" in message
+    assert "--activation_checkpointing=1" in message and "python -m tune.memory" in message
 
 
 # ---------------------------------------------------------------------------- the diff stays the model

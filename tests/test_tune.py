@@ -191,10 +191,10 @@ def test_a_run_ends_when_the_tool_that_started_it_is_killed(tmp_path):
     # training beside the run the same command starts again
     pid_file = tmp_path / "child.pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    tool = (f"import sys, time; sys.path.insert(0, {runs.ROOT!r}); from tune import runs; "
+    tool = (f"import sys, time; from tune import runs; "
             f"runs.Pool(1, 0).start('k', [sys.executable, '-c', {child!r}], {str(tmp_path / 'run.out')!r}); "
             f"time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", tool])
+    parent = subprocess.Popen([sys.executable, "-c", tool], cwd=runs.ROOT)
     deadline = time.time() + 30
     while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
         time.sleep(0.1)

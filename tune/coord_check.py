@@ -2,8 +2,8 @@
 """muP coordinate check of both scripts' models: train a few steps at several widths (same depth, same data) and
 see whether what each layer computes, and how much it moved, stays the same across width (it should, with muP).
 
-python tune/coord_check.py                                # gpt2 and ngpt2, widths 64..512, about a minute on CPU
-python tune/coord_check.py --scripts ngpt2 --widths 64 128 --steps 5 --lr 3e-3
+python -m tune.coord_check                                # gpt2 and ngpt2, widths 64..512, about a minute on CPU
+python -m tune.coord_check --scripts ngpt2 --widths 64 128 --steps 5 --lr 3e-3
 
 Each model is built by its script (parse_args, GPT, param_groups, post_step), trained with AdamW (the scripts'
 betas, eps and grad clip) at a constant lr on random Zipf tokens, the same for every width, then measured on a
@@ -15,7 +15,6 @@ Lines flat across width mean the parametrization transfers. A table goes to the 
 a plot per model to img/coord_check_<script>.png.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -23,9 +22,8 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import train_gpt2  # noqa: E402  (the scripts live in the repo root)
-import train_ngpt2  # noqa: E402
+import train_gpt2
+import train_ngpt2
 
 SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 

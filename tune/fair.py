@@ -3,12 +3,12 @@
 seeds, record runs that must reach the strongest baseline's loss in fewer steps, and a verdict with 95% intervals
 that audits its own fairness and gives no headline when a check fails. tune/README.md describes the protocol.
 
-python tune/fair.py --out logs/fair                           # gpt2, gpt2_qk, ngpt2 at the scripts' own defaults
-python tune/fair.py --out logs/fair --dry_run                 # the plan and what it costs, only
-python tune/fair.py --out logs/fair --arms gpt2,ngpt2 --baseline gpt2 --seeds 8 --num_iterations=2000
-python tune/fair.py --out logs/fair --arms ng,ng_bf16 --baseline ng --arm ng=train_ngpt2.py: \\
+python -m tune.fair --out logs/fair                           # gpt2, gpt2_qk, ngpt2 at the scripts' own defaults
+python -m tune.fair --out logs/fair --dry_run                 # the plan and what it costs, only
+python -m tune.fair --out logs/fair --arms gpt2,ngpt2 --baseline gpt2 --seeds 8 --num_iterations=2000
+python -m tune.fair --out logs/fair --arms ng,ng_bf16 --baseline ng --arm ng=train_ngpt2.py: \\
     --arm ng_bf16=train_ngpt2.py:--param_dtype=bfloat16
-python tune/fair.py --out logs/scale --widths 384,768 --sequence_lengths 1024,4096
+python -m tune.fair --out logs/scale --widths 384,768 --sequence_lengths 1024,4096
 
 Every unknown --name=value goes to every run (arm flags after it), so the target is the scripts' own defaults
 unless it says otherwise. Stages per sequence length, every arm at once, each stage's runs started in an order
@@ -29,7 +29,7 @@ back and continues killed ones (--save_every=N gives checkpoints to continue fro
 3 when the audit failed (verdict.md starts NO VERDICT; its numbers are provisional).
 """
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -43,9 +43,8 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from records import compare  # noqa: E402  (log parser, mean curves, val-loss plot)
-from tune import runs, stats  # noqa: E402  (the runner shared with tune/sweep.py; speedups and intervals)
+from tune import compare
+from tune import runs, stats
 
 ARMS = {"gpt2": ("train_gpt2.py", []), "gpt2_qk": ("train_gpt2.py", ["--qk_norm=1"]), "ngpt2": ("train_ngpt2.py", [])}
 TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "ngpt2": "nGPT"}
@@ -55,12 +54,11 @@ CHOOSE = 2  # seeds 0..CHOOSE-1 choose the lr; evaluation and record seeds come 
 RECORD_P = 0.01  # modded-nanogpt's bar for a record
 LONGER = 1.25
 FINAL = ("ok", "diverged", "crashed")  # outcomes read back; killed runs continue
-SCRIPTS = {}  # script file -> its module
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        sys.exit(f"error: {message} (tune/fair.py --help lists the options)")
+        sys.exit(f"error: {message} (python -m tune.fair --help lists the options)")
 
 
 def int_list(text):
@@ -71,11 +69,7 @@ def int_list(text):
 
 def load_script(script):
     """The training script as a module (imported once), for its parse_args."""
-    if script not in SCRIPTS:
-        spec = importlib.util.spec_from_file_location("fair_" + re.sub(r"\W", "_", script), os.path.join(ROOT, script))
-        SCRIPTS[script] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(SCRIPTS[script])
-    return SCRIPTS[script]
+    return importlib.import_module(os.path.splitext(script)[0].replace(os.sep, "."))
 
 
 def script_hp(plan, arm, flags, what):
@@ -113,7 +107,7 @@ def parse(argv):
     args, extra = ap.parse_known_args(argv)
     for arg in extra:
         if not arg.startswith("--") or "=" not in arg:
-            sys.exit(f"error: expected --name=value for the training scripts, got {arg!r} (tune/fair.py --help)")
+            sys.exit(f"error: expected --name=value for the training scripts, got {arg!r} (python -m tune.fair --help)")
         if arg[2:].partition("=")[0] in SET_HERE:
             sys.exit(f"error: {arg}: fair.py sets --{arg[2:].partition('=')[0]} for every run (seeds: --seeds N)")
     if args.seeds < 2 or args.grid < 1 or args.grid % 2 == 0:
@@ -932,7 +926,7 @@ def main(argv=None):
     os.makedirs(plan.logs, exist_ok=True)
     results, found, stages = run_protocol(plan)
     blocks, chosen = analyze(plan, results, found)
-    command_line = shlex.join(["tune/fair.py"] + argv)
+    command_line = shlex.join(["python", "-m", "tune.fair"] + argv)
     head = headline(plan, blocks)
     reasons = invalid_reasons(plan, blocks)
     paths = [write_search(plan, results, stages)]

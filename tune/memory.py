@@ -3,9 +3,9 @@
 gradients, AdamW state, buffers and the activations of one micro-batch, for a process count and the scripts' own
 flags (--preset=NAME: the scripts' PRESETS).
 
-python tune/memory.py gpt2                                           # the default run on one GPU
-python tune/memory.py ngpt2 --preset=1b --fsdp=1 --device_batch_size=4 --sequence_length=4096 --processes=8
-python tune/memory.py gpt2 --preset=8b --fsdp=1 --processes=16 --gpu_gib=80   # plan for a GPU this machine lacks
+python -m tune.memory gpt2                                           # the default run on one GPU
+python -m tune.memory ngpt2 --preset=1b --fsdp=1 --device_batch_size=4 --sequence_length=4096 --processes=8
+python -m tune.memory gpt2 --preset=8b --fsdp=1 --processes=16 --gpu_gib=80   # plan for a GPU this machine lacks
 
 Every --name=value other than --processes and --gpu_gib is the script's own flag, read by the script's own
 parse_args (so --preset works and bad flags get its errors; `python train_gpt2.py --help` lists them). Weights,
@@ -25,9 +25,8 @@ import torch
 import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import train_gpt2  # noqa: E402  (the scripts live in the repo root)
-import train_ngpt2  # noqa: E402
+import train_gpt2
+import train_ngpt2
 
 SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 USABLE = 0.95  # of the GPU's memory: the allocator's fragmentation and the CUDA context take the rest

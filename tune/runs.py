@@ -1,5 +1,5 @@
 """Training runs for the tuning tools (sweep.py, fair.py): started as subprocesses, one per GPU at a time on CUDA
-(CUDA_VISIBLE_DEVICES), one at a time on CPU; their outcome read back from the logs with records/compare.py's
+(CUDA_VISIBLE_DEVICES), one at a time on CPU; their outcome read back from the logs with tune/compare.py's
 parser; the final-val-loss-against-lr plot.
 
 Each run writes its script's log <log_dir>/<run_id>.txt and its console <log_dir>/<run_id>.out, which ends with an
@@ -16,8 +16,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from records import compare  # noqa: E402  (records/compare.py: the log parser and curve code)
+from tune import compare
 
 EXIT_PREFIX = "exit:"
 

@@ -2,7 +2,7 @@
 one-sided test of a record run.
 
 Speedup = the baseline's x (tokens or train_time) to reach its own final mean val loss / the arm's, each read off
-the mean-over-seeds curve by linear interpolation at the first crossing (records/compare.py's x_at_target).
+the mean-over-seeds curve by linear interpolation at the first crossing (tune/compare.py's x_at_target).
 
 Interval: jackknife-t on the log speedup, with Welch-Satterthwaite degrees of freedom. Why this and not a test
 inversion (Welch's test at each token count) or the bootstrap:
@@ -22,14 +22,12 @@ coverage at 3 and 5 seeds.
 """
 import math
 import os
-import sys
 
 import numpy as np
 import scipy.stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from records import compare  # noqa: E402  (x_at_target: linear interpolation at the first crossing)
+from tune import compare
 
 LEVEL = 0.95
 METHOD = "jackknife-t on the log speedup, Welch-Satterthwaite df"

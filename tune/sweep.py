@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Learning-rate x width sweep of train_gpt2.py and/or train_ngpt2.py: the muP transfer plot and the best lr per width.
 
-python tune/sweep.py --lrs 1e-3 2e-3 4e-3 --widths 64 128 256 --head_dim=32 --num_iterations=150 ...
-python tune/sweep.py --scripts ngpt2 --lrs 5e-3 1e-2 --widths 64 128 --out=logs/my_sweep --n_layer=4
+python -m tune.sweep --lrs 1e-3 2e-3 4e-3 --widths 64 128 256 --head_dim=32 --num_iterations=150 ...
+python -m tune.sweep --scripts ngpt2 --lrs 5e-3 1e-2 --widths 64 128 --out=logs/my_sweep --n_layer=4
 
 Every argument this tool does not know (--name=value) goes to the training scripts unchanged. Each run writes
 OUT/<script>_w<width>_lr<lr>.txt (the script's log) and .out (its console); OUT gets results.tsv, table.md and
@@ -18,8 +18,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from tune import runs  # noqa: E402  (the runner and lr plot shared with tune/fair.py)
+from tune import runs
 
 
 def parse(argv):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Compare training logs: final val loss and speedups to a target loss, val loss plots, evaluation results.
 
-python records/compare.py logs/ab_20260101-120000 --markdown=table.md   # log files, or folders searched for *.txt
-python records/compare.py LOGS --baseline=ngpt --target=3.28 --out_dir=img --name=ab
+python -m tune.compare logs/ab_20260101-120000 --markdown=table.md   # log files, or folders searched for *.txt
+python -m tune.compare LOGS --baseline=ngpt --target=3.28 --out_dir=img --name=ab
 
 Reads the logs of train_*.py (script:/hyperparameters:{json} lines, step:N/M key:value lines, and the
 eval:NAME step:N tokens:N key:value lines that evals/ appends) and modded-nanogpt's (step lines only, grouped
