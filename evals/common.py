@@ -15,6 +15,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 import kernels
+from data.encoders import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +126,6 @@ class Loaded:
 
 def load_tokenizer(spec, loaded):
     """data/encoders.py's Tokenizer, checked to fit the checkpoint's embedding."""
-    from encoders import Tokenizer
     if spec != "gpt2" and not spec.startswith("spm:"):
         sys.exit(f"error: unknown tokenizer {spec!r}; use --tokenizer gpt2 or --tokenizer spm:PATH")
     tok = Tokenizer(spec)
