@@ -2,23 +2,58 @@
 # The A/B: GPT-2 baseline, then nGPT, same data and seed, then the comparison table and plots.
 #   ./run.sh                 both models          ./run.sh gpt2 | ngpt2     one model
 #   ./run.sh --seed=1 ...    extra --name=value arguments pass through to both scripts
+#   ./run.sh test [...]      the tests (pytest arguments pass through)
+#   ./run.sh fair [...]      the fair A/B (python -m tune.fair, described in tune/README.md) into RUN_DIR (default
+#                            logs/fair); the same command again continues it; exit status 3 on NO VERDICT
+# Python: $PYTHON if set, else an active virtual environment that has torch, else .venv here, made on first use
+# (torch with CUDA and Triton where nvidia-smi sees a GPU, the CPU build of torch where not, then the requirements).
 # With GPUs: torchrun over all of them on FineWeb (downloaded on first use, 2.6B tokens of it). Each run is
 # <model>_s<seed> in RUN_DIR with --resume=auto: rerun with the same RUN_DIR (a requeued job, a torchrun restart)
 # and every run continues from its newest complete checkpoint.
 # Several nodes: on each, NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 [MASTER_PORT=29500] RUN_DIR=<shared dir> ./run.sh,
 # or RDZV_ENDPOINT=host0:29500 instead of NODE_RANK/MASTER_ADDR (torchrun's c10d rendezvous). MAX_RESTARTS=N
 # lets torchrun restart failed workers, which then resume by themselves.
-# Without GPUs: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary), two seeds each, in minutes.
-#   ./run.sh fair [...]      the fair A/B (python -m tune.fair: lr search per arm, confirmation at the target width, seeds,
-#                            record runs, a verdict with 95% intervals and a fairness audit; exit status 3 and
-#                            NO VERDICT when the audit fails) into RUN_DIR (default logs/fair); the same command
-#                            again continues it. With GPUs at the scripts' defaults on FineWeb, one run per GPU at a
-#                            time; without, on the tiny corpus (72-108 runs of 300 steps plus the record runs: add
-#                            --dry_run for the plan and its cost).
+# Without GPUs: the tiny offline A/B on CPU (Python's own docs, a 2k vocabulary).
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON=${PYTHON:-python}
+CPU_TORCH=${CPU_TORCH:-2.13.0}  # the CPU build CI tests; any torch >= 2.11 works
 
+pip_install() {  # quiet, logged; a failure is one line naming the log
+    if ! .venv/bin/python -m pip install "$@" >>.venv/pip.log 2>&1; then
+        echo "error: pip install $* failed in .venv (see .venv/pip.log); fix that and rerun, or set PYTHON=..." >&2
+        return 1
+    fi
+}
+
+setup() {  # arguments: extra requirement files
+    if [[ -n ${PYTHON:-} ]]; then return; fi
+    if [[ -n ${VIRTUAL_ENV:-} ]] && python -c "import torch" 2>/dev/null; then PYTHON=python; return; fi
+    PYTHON=.venv/bin/python
+    local want
+    want=$(cat requirements.txt data/requirements.txt "$@" | sha1sum | cut -c1-16)
+    if [[ -f .venv/installed && $(cat .venv/installed) == "$want" ]]; then return; fi
+    [[ -x $PYTHON ]] || python3 -m venv .venv || {
+        echo "error: python3 -m venv .venv failed; install python3-venv (Debian/Ubuntu) or set PYTHON=..." >&2; exit 1; }
+    echo "setting up .venv (once; pip's output in .venv/pip.log)"
+    if ! $PYTHON -c "import torch" 2>/dev/null; then
+        if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+            pip_install "torch>=2.11" || exit 1  # Linux builds on PyPI bring CUDA and their Triton
+        else
+            pip_install "torch==$CPU_TORCH+cpu" 2>/dev/null \
+                || pip_install "torch==$CPU_TORCH+cpu" --extra-index-url https://download.pytorch.org/whl/cpu || exit 1
+        fi
+    fi
+    local files=(requirements.txt data/requirements.txt "$@")
+    pip_install "${files[@]/#/-r}" || exit 1
+    echo "$want" >.venv/installed
+}
+
+if [[ $# -gt 0 && $1 == test ]]; then
+    shift
+    setup evals/requirements.txt tests/requirements.txt
+    exec $PYTHON -m pytest tests -n 2 "$@"
+fi
+setup
 TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_val_*.bin" --vocab_size=2048
       --n_layer=4 --n_head=4 --n_embd=128 --sequence_length=128 --batch_size=16 --device_batch_size=16
       --num_iterations=300 --warmdown_iters=90 --val_loss_every=25 --val_tokens=8192 --save_every=0)
