@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from records import compare
+from tune import compare
 from tune import fair, runs, stats
 
 TINY = ["--vocab_size=128", "--n_layer=1", "--n_embd=64", "--n_head=4", "--sequence_length=16", "--batch_size=2",
