@@ -88,7 +88,8 @@ def record_result(plan, found, results, arm, length, width, base_runs):
     out = {"confirmed_steps": rec.confirmed, "confirmed_p": None, "confirmed_speedup": None,
            "confirmed_time_speedup": None, "confirmed_attempts": rec.attempts}
     if rec.confirmed:
-        keys = [Run(arm, length, width, found[(arm, length)].chosen[width], s, rec.confirmed) for s in plan.record_seeds]
+        chosen = found[(arm, length)].chosen[width]
+        keys = [Run(arm, length, width, chosen, s, rec.confirmed) for s in plan.record_seeds]
         record = load(plan, keys, results)
         out["confirmed_p"] = rec.attempts[-1]["p"]
         out["confirmed_speedup"] = plan.steps / rec.confirmed

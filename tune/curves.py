@@ -35,7 +35,7 @@ class Log:
     tokens_per_s: float | None = None
     params: int | None = None   # the parameter count the script logged
     data_epoch: int = 0         # the loader's wraps seen (data_epoch: lines)
-    val: dict = field(default_factory=dict)    # step -> (val_loss, train_time ms); a step logged again (resume) keeps the last
+    val: dict = field(default_factory=dict)    # step -> (val_loss, train_time ms); a resumed run keeps its last
     evals: dict = field(default_factory=dict)  # (name, settings, step) -> (tokens, {metric: value})
 
 

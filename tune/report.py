@@ -64,24 +64,24 @@ def headline(plan, blocks):
     return (f"{title(arm)} reached the final val loss of {against} ({v['target']:.3f}) in {v['confirmed_steps']} "
             f"steps instead of {plan.steps}, {where}: {v['confirmed_speedup']:.2f}x fewer tokens and "
             f"{v['confirmed_time_speedup']:.2f}x less training time, confirmed by {plan.seeds} runs of that length "
-            f"(one-sided Welch p {v['confirmed_p']:.2g} < {plan.RECORD_P}). Its lr was tuned for {plan.steps} steps, so "
-            f"the confirmed figure is conservative. {curve}")
+            f"(one-sided Welch p {v['confirmed_p']:.2g} < {plan.RECORD_P}). Its lr was tuned for {plan.steps} steps, "
+            f"so the confirmed figure is conservative. {curve}")
 
 
 def method_text(plan):
     """How the verdict was reached, with this plan's numbers (verdict.md and verdict.json's method)."""
     return (f"Method: each arm at its own lr, searched at proxy widths {', '.join(map(str, plan.proxies))} with "
-            f"mup_base_width {plan.ref}, confirmed at each target width (extended past an edge up to {plan.MAX_EXTEND} "
-            f"times) and chosen on the mean of seeds 0-{plan.CHOOSE - 1}; evaluated on {plan.seeds} other seeds "
-            f"({plan.eval_seeds[0]}-{plan.eval_seeds[-1]}). Baseline: at each target the one of "
+            f"mup_base_width {plan.ref}, confirmed at each target width (extended past an edge up to "
+            f"{plan.MAX_EXTEND} times) and chosen on the mean of seeds 0-{plan.CHOOSE - 1}; evaluated on {plan.seeds} "
+            f"other seeds ({plan.eval_seeds[0]}-{plan.eval_seeds[-1]}). Baseline: at each target the one of "
             f"{', '.join(plan.baselines)} with the lowest mean final val loss; target: its final mean val loss. "
             f"Speedup = baseline tokens (or train_time) to the target / the arm's, on mean-over-seeds curves, linear "
             f"interpolation at the first crossing. [low-high]: 95% {stats.METHOD} (tune/stats.py), n = seeds of the "
             f"baseline + the arm. p: Welch's t-test on the final val losses (two-sided). Record runs: an arm whose "
             f"mean curve crosses the target before step {plan.steps} is trained again for that many steps (warmup "
             f"and cooldown scaled) on seeds {plan.record_seeds[0]}-{plan.record_seeds[-1]}; confirmed when "
-            f"one-sided Welch p < {plan.RECORD_P} that its final val losses lie below the baseline's, else 25% longer, up "
-            f"to one step short of the full length. Time: train_time from each run's log (the training loop's own "
+            f"one-sided Welch p < {plan.RECORD_P} that its final val losses lie below the baseline's, else 25% longer, "
+            f"up to one step short of the full length. Time: train_time from each run's log (the training loop's own "
             f"clock, validation left out); each stage's runs were started alternating arms and seeds, "
             f"{plan.parallel or 'one per GPU or'} {'at a time' if plan.parallel else '1 on CPU'}, so a busy period of "
             f"the machine falls on every arm alike; the record runs are a stage of their own, so their time ratio to "
