@@ -1,4 +1,4 @@
-"""Tests for tune/compare.py: log parsing, grouping, speedup, eval results, plots, CLI errors."""
+"""Tests for tune/curves.py and tune/compare.py: log parsing, grouping, speedup, eval results, plots, CLI errors."""
 import json
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tune import compare
+from tune import compare, curves
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,13 +62,13 @@ def write_modded_log(path, n=100, every=25, speed=1.0):
 
 
 def load(*paths, **kw):
-    return compare.group_runs([compare.parse_log(str(p)) for p in paths], **kw)
+    return curves.group_runs([curves.parse_log(str(p)) for p in paths], **kw)
 
 
 # ------------------------------------------------------------------------------------ parsing
 
 def test_parse_our_format(tmp_path):
-    run = compare.parse_log(str(write_our_log(tmp_path / "a.txt", seed=1)))
+    run = curves.parse_log(str(write_our_log(tmp_path / "a.txt", seed=1)))
     assert run.script == "train_gpt2.py"
     assert run.hp["seed"] == 1 and run.hp["batch_size"] == 4
     assert sorted(run.val) == [0, 10, 20, 30, 40]
@@ -82,7 +82,7 @@ def test_parse_our_format(tmp_path):
 
 
 def test_parse_modded_format(tmp_path):
-    run = compare.parse_log(str(write_modded_log(tmp_path / "m.txt")))
+    run = curves.parse_log(str(write_modded_log(tmp_path / "m.txt")))
     assert run.script is None and run.hp is None
     assert {s: t for s, (_, t) in run.val.items()} == {0: 0, 25: 1250, 50: 2500, 75: 3750, 100: 5000}
     assert run.step_avg_ms == 50.0
@@ -92,7 +92,7 @@ def test_parse_modded_format(tmp_path):
 
 
 def test_parse_partial_log_ignores_truncated_last_line(tmp_path):
-    run = compare.parse_log(str(write_our_log(tmp_path / "c.txt", n=40, crash_after=25)))
+    run = curves.parse_log(str(write_our_log(tmp_path / "c.txt", n=40, crash_after=25)))
     assert sorted(run.val) == [0, 10, 20]          # the cut "step:26/40 val_loss:9.9" is ignored
     assert run.total_steps == 40
     [g] = load(tmp_path / "c.txt")
@@ -105,9 +105,9 @@ def test_step_line_fields(tmp_path):
     p.write_text("step:3/10 val_loss:4.5 train_time:12ms mfu:45.1% kernels:torch\n"
                  "    step:4/10 val_loss:1.0\n"
                  "step:{step}/{n} val_loss:{x}\n")
-    run = compare.parse_log(str(p))
+    run = curves.parse_log(str(p))
     assert run.val == {3: (4.5, 12.0)}
-    assert compare.fields(" val_loss:4.5 train_time:12ms mfu:45.1% kernels:torch") == \
+    assert curves.fields(" val_loss:4.5 train_time:12ms mfu:45.1% kernels:torch") == \
         {"val_loss": 4.5, "train_time": 12.0, "mfu": 45.1}
 
 
@@ -143,8 +143,8 @@ def test_modded_logs_grouped_by_folder(tmp_path):
     write_modded_log(tmp_path / "rec_a" / "0a1b2c3d-0000-1111-2222-333344445555.txt")
     write_modded_log(tmp_path / "rec_a" / "9f1b2c3d-0000-1111-2222-333344445555.txt")
     write_modded_log(tmp_path / "rec_b" / "x.txt", speed=2.0)
-    runs, _ = compare.load_runs([str(tmp_path)])
-    assert [(g.label, len(g.runs)) for g in compare.group_runs(runs)] == [("rec_a", 2), ("rec_b", 1)]
+    runs, _ = curves.load_runs([str(tmp_path)])
+    assert [(g.label, len(g.runs)) for g in curves.group_runs(runs)] == [("rec_a", 2), ("rec_b", 1)]
 
 
 # ------------------------------------------------------------------------------------ speedup
@@ -152,11 +152,11 @@ def test_modded_logs_grouped_by_folder(tmp_path):
 def test_x_at_target_interpolates_first_crossing():
     tokens = [0, 10, 20, 30, 40]
     losses = [10.0, 6.0, 4.0, 5.0, 3.0]
-    assert compare.x_at_target(tokens, losses, 5.0) == pytest.approx(15.0)
-    assert compare.x_at_target(tokens, losses, 4.0) == pytest.approx(20.0)  # exact point
-    assert compare.x_at_target(tokens, losses, 3.5) == pytest.approx(37.5)  # not 25: first crossing
-    assert compare.x_at_target(tokens, losses, 2.0) is None
-    assert compare.x_at_target(tokens, losses, 11.0) == 0
+    assert curves.x_at_target(tokens, losses, 5.0) == pytest.approx(15.0)
+    assert curves.x_at_target(tokens, losses, 4.0) == pytest.approx(20.0)  # exact point
+    assert curves.x_at_target(tokens, losses, 3.5) == pytest.approx(37.5)  # not 25: first crossing
+    assert curves.x_at_target(tokens, losses, 2.0) is None
+    assert curves.x_at_target(tokens, losses, 11.0) == 0
 
 
 def test_speedup_of_curve_stretched_2x_in_tokens():
@@ -164,12 +164,12 @@ def test_speedup_of_curve_stretched_2x_in_tokens():
     losses = [10.0, 7.0, 5.5, 4.2, 3.7]
     fast_tokens = [t / 2 for t in base_tokens]      # same losses with half the tokens
     for target in (9.0, 6.1, 4.5, 3.9, 3.7):
-        base = compare.x_at_target(base_tokens, losses, target)
-        fast = compare.x_at_target(fast_tokens, losses, target)
+        base = curves.x_at_target(base_tokens, losses, target)
+        fast = curves.x_at_target(fast_tokens, losses, target)
         assert base / fast == pytest.approx(2.0, abs=1e-9)
-        assert compare.speedup(base, fast) == "2.000x"
-        assert compare.speedup(fast, base) == "0.500x"   # the other way round it is 2x slower
-    assert compare.speedup(800, None) == "not reached"
+        assert compare.speedup_text(base, fast) == "2.000x"
+        assert compare.speedup_text(fast, base) == "0.500x"   # the other way round it is 2x slower
+    assert compare.speedup_text(800, None) == "not reached"
 
 
 def test_table_speedup_and_not_reached(tmp_path):
@@ -222,8 +222,8 @@ def write_eval_logs(folder):
 
 def test_parse_eval_lines(tmp_path):
     write_eval_logs(tmp_path / "logs")
-    plain = compare.parse_log(str(write_our_log(tmp_path / "plain.txt", seed=0)))
-    run = compare.parse_log(str(tmp_path / "logs" / "gpt0.txt"))
+    plain = curves.parse_log(str(write_our_log(tmp_path / "plain.txt", seed=0)))
+    run = curves.parse_log(str(tmp_path / "logs" / "gpt0.txt"))
     assert run.val == plain.val                   # eval lines (one has a val_loss) leave the val curve alone
     assert run.evals[("hellaswag", (("n", 100),), 40)] == (40 * 128, {"acc": 0.30, "acc_norm": 0.31})
     assert run.evals[("extrapolate", (("ctx", 64),), 40)] == \
@@ -233,9 +233,9 @@ def test_parse_eval_lines(tmp_path):
 
 def test_eval_table_latest_step_mean_std_over_seeds(tmp_path):
     write_eval_logs(tmp_path / "logs")
-    runs, _ = compare.load_runs([str(tmp_path / "logs")])
-    groups = compare.group_runs(runs)
-    assert compare.eval_names(groups) == ["hellaswag", "extrapolate"]
+    runs, _ = curves.load_runs([str(tmp_path / "logs")])
+    groups = curves.group_runs(runs)
+    assert curves.eval_names(groups) == ["hellaswag", "extrapolate"]
     rows = [ln.split("|")[1:-1] for ln in compare.eval_table(groups, "hellaswag").splitlines()]
     assert [c.strip() for c in rows[0]] == ["group", "runs", "step", "tokens", "n", "acc", "acc_norm"]
     gpt, ngpt = [[c.strip() for c in r] for r in rows[2:]]
@@ -336,7 +336,7 @@ def test_a_log_with_the_sources_of_several_files_reads_as_the_old_one(tmp_path):
     new = tmp_path / "new.txt"
     new.write_text("".join(f"{'=' * 40} source:{name}\n{code}" for name in ("train_gpt2.py", "kernels.py"))
                    + "=" * 100 + "\n" + text)
-    a, b = compare.parse_log(str(old)), compare.parse_log(str(new))
+    a, b = curves.parse_log(str(old)), curves.parse_log(str(new))
     assert (b.script, b.hp, b.val, b.params) == (a.script, a.hp, a.val, a.params) and b.script == "train_gpt2.py"
 
 
@@ -346,6 +346,6 @@ def test_parse_parameter_count_and_loader_wraps(tmp_path):
              'and head)\n    print0(f"data_epoch:{epoch} ..")')
     text = p.read_text().replace("script:train_gpt2.py", extra)
     p.write_text(text.replace("step:20/40 val_loss", "data_epoch:1 step:20 (the loader wrapped)\nstep:20/40 val_loss"))
-    run = compare.parse_log(str(p))
+    run = curves.parse_log(str(p))
     assert run.params == 1234 and run.data_epoch == 1       # the source's look-alike line is not a wrap
-    assert compare.parse_log(str(write_our_log(tmp_path / "plain.txt"))).data_epoch == 0
+    assert curves.parse_log(str(write_our_log(tmp_path / "plain.txt"))).data_epoch == 0

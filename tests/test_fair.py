@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tune import compare, fair, runs, stats
+from tune import analysis, curves, fair, report, runs, stats
+from tune.runs import Outcome, Run
 
 TINY = ["--vocab_size=128", "--n_layer=1", "--n_embd=64", "--n_head=4", "--sequence_length=16", "--batch_size=2",
         "--device_batch_size=2", "--num_iterations=4", "--warmup_iters=0", "--warmdown_iters=1", "--val_tokens=32"]
@@ -78,13 +79,13 @@ class FakePool:
 
     def start(self, key, cmd, console):
         lr = float([a for a in cmd if a.startswith("--learning_rate=")][-1].partition("=")[2])
-        self.running[key] = self.surface(key[0], key[2], lr, *key[4:5] if self.seeded else ())
+        self.running[key] = self.surface(key.arm, key.width, lr, *[key.seed] if self.seeded else ())
         self.started.append(key)
 
     def wait(self):
         keys = list(self.running)
         for key in keys:
-            self.done[fair.run_id(self.plan, key)] = self.running.pop(key)
+            self.done[self.plan.run_id(key)] = self.running.pop(key)
         return keys
 
     def stop(self):
@@ -100,7 +101,7 @@ def search(monkeypatch, tmp_path, surface, extra=(), seeded=False):
     pool.plan = plan
     pool.seeded = seeded
     monkeypatch.setattr(runs, "Pool", lambda slots, gpus: pool)
-    monkeypatch.setattr(runs, "outcome", lambda log_dir, name: done.get(name, ("not run", math.nan)))
+    monkeypatch.setattr(runs, "outcome", lambda log_dir, name: Outcome(*done.get(name, ("not run", math.nan))))
     monkeypatch.setattr(fair, "record_protocol", lambda *args: iter(()))
     results, found, stages = fair.run_protocol(plan)
     return plan, results, found, pool
@@ -115,7 +116,7 @@ def bowl(best_k):
 
 
 def ks_tried(results, arm, width, seed=0):
-    return sorted(k for (a, _, w, k, s, _) in results if (a, w, s) == (arm, width, seed))
+    return sorted(run.k for run in results if (run.arm, run.width, run.seed) == (arm, width, seed))
 
 
 def test_search_confirm_choose_and_seeds_on_an_interior_optimum(monkeypatch, tmp_path):
@@ -128,10 +129,10 @@ def test_search_confirm_choose_and_seeds_on_an_interior_optimum(monkeypatch, tmp
         assert ks_tried(results, arm, 64) == [-1, 0, 1, 2, 3]       # lr/2, lr, 2lr, then sqrt(2) around the best
         assert f.confirmed == {64: True} and f.near == {64: [0, 1, 2]}
         assert ks_tried(results, arm, 64, seed=1) == [0, 1, 2]       # the second choosing seed near the optimum
-        assert f.chosen == {64: 1} and math.isclose(fair.lr_of(plan, arm, 1), plan.center[arm] * 2 ** 0.5)
+        assert f.chosen == {64: 1} and math.isclose(plan.lr(arm, 1), plan.center[arm] * 2 ** 0.5)
     assert len(pool.started) == len(set(pool.started)) == len(results)    # no run twice
     # the evaluation seeds (2 and 3: not the choosing ones), started alternating arms and seeds
-    assert pool.started[-4:] == [(arm, 16, 64, 1, s, 4) for s in (2, 3) for arm in ("gpt2", "ngpt2")]
+    assert pool.started[-4:] == [Run(arm, 16, 64, 1, s, 4) for s in (2, 3) for arm in ("gpt2", "ngpt2")]
 
 
 def test_a_choice_at_an_end_of_its_candidates_is_extended_on_both_choosing_seeds(monkeypatch, tmp_path):
@@ -153,7 +154,7 @@ def test_lockstep_interleaves_the_arms_runs():
     def gen(name, sizes):
         for n in sizes:
             yield "stage", [f"{name}{i}" for i in range(n)]
-    batches = list(fair.lockstep([gen("a", [3, 1]), gen("b", [2])]))
+    batches = list(runs.lockstep([gen("a", [3, 1]), gen("b", [2])]))
     assert batches == [[("stage", k) for k in ["a0", "b0", "a1", "b1", "a2"]], [("stage", "a0")]]
 
 
@@ -165,7 +166,7 @@ def test_search_extends_past_an_edge_up_to_three_times(monkeypatch, tmp_path):
     g = found[("ngpt2", 16)]
     assert ks_tried(results, "ngpt2", 16) == [-4, -2, 0, 2, 4, 6, 8, 9, 10, 11]  # 3 extensions, still at the edge
     assert g.bests[16] == 11 and not g.bracketed[16]
-    checks = {c["check"]: c for c in fair.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
+    checks = {c["check"]: c for c in analysis.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
     bracket = checks["every arm's optimum bracketed (worse neighbours on both sides) at each proxy width"]
     assert not bracket["pass"] and "ngpt2 0.0679 at width 16 (NOT bracketed)" in bracket["detail"]
 
@@ -176,7 +177,7 @@ def test_a_confirmation_at_an_edge_is_extended_until_bracketed(monkeypatch, tmp_
     f = found[("gpt2", 16)]
     assert f.picked == 0 and ks_tried(results, "gpt2", 64) == [-6, -5, -4, -3, -2, 0, 2]  # -2, -4 edges; refined
     assert f.confirmed == {64: True} and f.chosen == {64: -4}
-    checks = {c["check"]: c for c in fair.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
+    checks = {c["check"]: c for c in analysis.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
     transfer = checks["every arm's optimum transferred (proxies within 2x) and bracketed at the target width"]
     assert transfer["pass"] and "(extended past an edge of lr/2, lr, 2lr)" in transfer["detail"]
 
@@ -190,8 +191,8 @@ def test_diverged_runs_rank_last_and_stay_in_the_table(monkeypatch, tmp_path):
     plan, results, found, _ = search(monkeypatch, tmp_path, surface)
     for arm, status in (("gpt2", "diverged"), ("ngpt2", "crashed")):
         assert found[(arm, 16)].bests[16] == 1     # the sqrt(2) step above the default, the largest that finished
-        assert results[(arm, 16, 16, 4, 0, 4)][0] == status and found[(arm, 16)].bracketed[16]
-    fair.write_search(plan, results, {k: {"search"} for k in results})
+        assert results[Run(arm, 16, 16, 4, 0, 4)].status == status and found[(arm, 16)].bracketed[16]
+    report.write_search(plan, results, {k: {"search"} for k in results})
     rows = [line.split("\t") for line in (tmp_path / "search.tsv").read_text().splitlines()]
     assert rows[0] == ["arm", "sequence_length", "width", "lr", "seed", "val_loss", "log", "stage"]
     assert ["gpt2", "16", "16", "0.0024", "0", "diverged", "logs/gpt2_L16_w16_lr0.0024_s0.txt", "search"] in rows
@@ -199,10 +200,10 @@ def test_diverged_runs_rank_last_and_stay_in_the_table(monkeypatch, tmp_path):
 
 
 def test_all_diverged_searches_lower_learning_rates():
-    results = {("a", 16, 16, k, 0, 4): ("diverged", math.nan) for k in (-2, 0, 2)}
-    results[("a", 16, 16, 4, 0, 4)] = ("ok", 9.0)
-    assert fair.best_k(results, "a", 16, 16, [-2, 0, 2], 4) == -2    # lowest lr first among failures
-    assert fair.best_k(results, "a", 16, 16, [-2, 0, 2, 4], 4) == 4  # any finished run beats every failure
+    results = {Run("a", 16, 16, k, 0, 4): Outcome("diverged", math.nan) for k in (-2, 0, 2)}
+    results[Run("a", 16, 16, 4, 0, 4)] = Outcome("ok", 9.0)
+    assert analysis.best_k(results, "a", 16, 16, [-2, 0, 2], 4) == -2    # lowest lr first among failures
+    assert analysis.best_k(results, "a", 16, 16, [-2, 0, 2, 4], 4) == 4  # any finished run beats every failure
 
 
 def test_an_optimum_that_moves_between_proxies_is_flagged(monkeypatch, tmp_path):
@@ -210,7 +211,7 @@ def test_an_optimum_that_moves_between_proxies_is_flagged(monkeypatch, tmp_path)
                                                                  else 4))
     assert found[("ngpt2", 16)].bests == {16: 0, 32: 4}
     assert found[("ngpt2", 16)].picked == 4                        # the largest proxy's best is confirmed
-    checks = {c["check"]: c for c in fair.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
+    checks = {c["check"]: c for c in analysis.audit(plan, 16, 64, found, results, {"gpt2": [], "ngpt2": []})}
     transfer = checks["every arm's optimum transferred (proxies within 2x) and bracketed at the target width"]
     assert not transfer["pass"] and "ngpt2: proxies 0.0015 / 0.006 (MOVED more than 2x)" in transfer["detail"]
     assert "gpt2: proxies 0.0006 / 0.0006, best 0.0006 at width 64 among 5 lrs, chosen 0.0006" in transfer["detail"]
@@ -232,7 +233,7 @@ def write_log(path, seed, speed=1.0, offset=0.0, n=40, every=5, ms=100, params=1
                      f"step_avg:{ms}.00ms")
     lines.append(f"step:{n}/{n} train_loss:3.0 train_time:{n * ms}ms step_avg:{ms}.00ms tokens_per_s:1280")
     path.write_text("\n".join(lines) + "\n")
-    return compare.parse_log(str(path))
+    return curves.parse_log(str(path))
 
 
 def arm_logs(tmp_path, name, offsets, **kw):
@@ -242,7 +243,7 @@ def arm_logs(tmp_path, name, offsets, **kw):
 def test_tokens_to_target_speedup_equals_a_hand_computation(tmp_path):
     base = arm_logs(tmp_path, "b", [-0.01, 0.0, 0.01])
     arm = arm_logs(tmp_path, "a", [0.0, 0.0, 0.0], speed=1.5, ms=120)
-    v = fair.versus(base, arm)
+    v = analysis.versus(base, arm)
     target = np.mean([round(loss_at(40, 1.0) + o, 4) for o in (-0.01, 0.0, 0.01)])
     y25, y30 = round(loss_at(25, 1.5), 4), round(loss_at(30, 1.5), 4)     # the arm crosses between val steps
     step = 25 + (y25 - target) / (y25 - y30) * 5
@@ -256,7 +257,7 @@ def test_tokens_to_target_speedup_equals_a_hand_computation(tmp_path):
 def test_identical_arms_interval_contains_one_and_p_is_large(tmp_path):
     base = arm_logs(tmp_path, "b", [-0.02, 0.0, 0.03])
     arm = arm_logs(tmp_path, "a", [-0.02, 0.0, 0.03])
-    v = fair.versus(base, arm)
+    v = analysis.versus(base, arm)
     assert v["tokens_speedup"] == pytest.approx(1.0)
     for key in ("tokens_speedup_ci", "time_speedup_ci"):  # a leave-one-out target below the arm's end: no interval
         assert v[key] is None or v[key][0] < 1.0 < v[key][1]
@@ -266,7 +267,7 @@ def test_identical_arms_interval_contains_one_and_p_is_large(tmp_path):
 def test_clearly_separated_arms_interval_excludes_one(tmp_path):
     base = arm_logs(tmp_path, "b", [-0.02, 0.0, 0.03])
     arm = arm_logs(tmp_path, "a", [-0.02, 0.0, 0.03], speed=2.0)
-    v = fair.versus(base, arm)
+    v = analysis.versus(base, arm)
     assert 1.0 < v["tokens_speedup_ci"][0] <= v["tokens_speedup"] <= v["tokens_speedup_ci"][1]
     assert v["time_speedup_ci"][0] > 1.0
     assert v["p_value"] < 0.01 and v["final_loss_diff"] < 0
@@ -275,12 +276,12 @@ def test_clearly_separated_arms_interval_excludes_one(tmp_path):
 def test_an_arm_that_never_reaches_the_target_says_so(tmp_path):
     base = arm_logs(tmp_path, "b", [-0.01, 0.0, 0.01])
     arm = arm_logs(tmp_path, "a", [0.0, 0.01], speed=0.25)
-    v = fair.versus(base, arm)
+    v = analysis.versus(base, arm)
     assert not v["reached"] and v["tokens_speedup"] is None and v["tokens_speedup_ci"] is None
     assert v["gap_at_end"] == pytest.approx(np.mean([round(loss_at(40, 0.25) + o, 4) for o in (0.0, 0.01)])
                                             - v["target"])
     plan = SimpleNamespace(arms={"gpt2_qk": 0, "ngpt2": 0}, baselines=["gpt2_qk"], lengths=[32], widths=[64])
-    text = fair.headline(plan, {(32, 64): {"baseline": "gpt2_qk", "vs_baseline": {"ngpt2": v}}})
+    text = report.headline(plan, {(32, 64): {"baseline": "gpt2_qk", "vs_baseline": {"ngpt2": v}}})
     assert text.startswith(f"nGPT did not reach the final val loss of GPT-2+QK-norm (the strongest of gpt2_qk here) "
                            f"({v['target']:.3f}) at width 64")
     assert f"it ended {v['gap_at_end']:+.3f} from it" in text

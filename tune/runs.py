@@ -1,6 +1,6 @@
 """Training runs for the tuning tools (sweep.py, fair.py): started as subprocesses, one per GPU at a time on CUDA
-(CUDA_VISIBLE_DEVICES), one at a time on CPU; their outcome read back from the logs with tune/compare.py's
-parser; the final-val-loss-against-lr plot.
+(CUDA_VISIBLE_DEVICES), one at a time on CPU; their outcome read back from the logs with tune/curves.py's
+parser; fair.py's protocols driven stage by stage over them.
 
 Each run writes its script's log <log_dir>/<run_id>.txt and its console <log_dir>/<run_id>.out, which ends with an
 exit:<code> line once the process has ended. So a run whose log stops early and whose console has no exit line
@@ -14,11 +14,32 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from tune import curves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from tune import compare
-
 EXIT_PREFIX = "exit:"
+FINAL = ("ok", "diverged", "crashed")  # outcomes read back; killed runs continue
+
+
+class Run(NamedTuple):
+    """One run of tune/fair.py: an arm at a sequence length and width, its lr k half-steps (factors of sqrt 2) from
+    the arm's default (integers keep run ids exact), a seed, and its steps (fewer than the target's: a record run)."""
+    arm: str
+    length: int
+    width: int
+    k: int
+    seed: int
+    steps: int
+
+
+class Outcome(NamedTuple):
+    status: str   # ok, diverged, crashed, killed or not run
+    loss: float   # the final val loss; nan unless ok
 
 
 def read(path):
@@ -29,23 +50,23 @@ def read(path):
 
 
 def outcome(log_dir, name):
-    """(status, final val loss or nan) of run `name`: ok, diverged (non-finite loss), crashed (any other failure),
-    killed (a log that stops early, process gone without an exit line) or not run (no log)."""
+    """The Outcome of run `name`: ok, diverged (non-finite loss), crashed (any other failure), killed (a log that
+    stops early, process gone without an exit line) or not run (no log)."""
     log_path = os.path.join(log_dir, name + ".txt")
     if not os.path.exists(log_path):
-        return "not run", math.nan
-    run = compare.parse_log(log_path)
+        return Outcome("not run", math.nan)
+    run = curves.parse_log(log_path)
     final = run.val.get(run.total_steps, (math.nan,))[0] if run.total_steps else math.nan
     console = read(os.path.join(log_dir, name + ".out"))
     exits = [line for line in console.splitlines() if line.startswith(EXIT_PREFIX)]
     if math.isfinite(final) and (not exits or exits[-1] == EXIT_PREFIX + "0"):
-        return "ok", final
+        return Outcome("ok", final)
     nonfinite = re.search(r"^error: train_loss is", read(log_path) + console, re.M)  # a line, not the source's
     if nonfinite or (run.total_steps in run.val and not math.isfinite(final)):
-        return "diverged", math.nan
+        return Outcome("diverged", math.nan)
     if exits and exits[-1] != EXIT_PREFIX + "0":
-        return "crashed", math.nan
-    return "killed", math.nan
+        return Outcome("crashed", math.nan)
+    return Outcome("killed", math.nan)
 
 
 def end_with_parent():
@@ -100,39 +121,81 @@ class Pool:
         self.running = {}
 
 
-def plot_lr(panels, path):
-    """Final val loss against lr, one panel per (title, lines); a line per (label, [(lr, status, loss)], chosen lr
-    or None). Diverged and crashed runs are crosses at the top of their panel, the chosen lr a star."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    cols = min(3, len(panels))
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    for ax, (title, lines) in zip(axes.flat, panels):
-        finite = [loss for _, points, _ in lines for _, status, loss in points if status == "ok"]
-        top = max(finite) if finite else 1.0
-        lrs = sorted({lr for _, points, _ in lines for lr, _, _ in points})
-        for label, points, chosen in lines:
-            points = sorted(points)
-            ok = [(lr, loss) for lr, status, loss in points if status == "ok"]
-            line, = ax.plot([lr for lr, _ in ok], [loss for _, loss in ok], "o-", label=label)
-            failed = [lr for lr, status, _ in points if status in ("diverged", "crashed")]
-            ax.plot(failed, [top] * len(failed), "x", color=line.get_color(), markersize=10)
-            mark = [(lr, loss) for lr, loss in ok if chosen is not None and math.isclose(lr, chosen)]
-            if mark:
-                ax.plot(*mark[0], "*", color=line.get_color(), markersize=16, markeredgecolor="black")
-        ax.set_xscale("log")
-        if len(lrs) <= 12:
-            ax.set_xticks(lrs, [f"{lr:.3g}" for lr in lrs], minor=False, rotation=45)
-        ax.minorticks_off()
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("final val loss")
-        ax.set_title(f"{title} (x: diverged or crashed)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def lockstep(protocols):
+    """Runs generators of (stage, runs) side by side: each round yields every live one's next runs, interleaved
+    (one of each arm in turn), so no arm's runs cluster in one period of machine load."""
+    live = {}
+    for g in protocols:
+        live[g] = next(g, None)
+    while any(live.values()):
+        batches = [(stage, runs) for stage, runs in filter(None, live.values())]
+        yield [(stage, runs[i]) for i in range(max(len(r) for _, r in batches)) for stage, runs in batches
+               if i < len(runs)]
+        live = {g: next(g, None) for g, step in live.items() if step}
+
+
+def drive(plan, protocols, results, planned):
+    """Runs what the protocols ask for, each protocol's next runs started as soon as its previous ones ended: a
+    protocol yields lists of (stage, run) and continues once every one of those runs has its Outcome in `results`
+    (read back from plan.logs when a finished log is there, else trained). Returns {run: set of stage names}."""
+    gpus = torch.cuda.device_count()
+    pool = Pool(plan.parallel or max(1, gpus), gpus)
+    stages, queue, waiting, started = {}, [], {}, {}
+    bar = tqdm(total=planned, desc="fair", unit="run")
+    counts = dict(read_back=0, trained=0)
+
+    def advance(g):
+        while True:  # a stage whose runs are all known already is passed at once
+            try:
+                batch = next(protocols[g])
+            except StopIteration:
+                waiting.pop(g, None)
+                return
+            waiting[g] = [run for _, run in batch]
+            for stage, run in batch:
+                stages.setdefault(run, set()).add(stage)
+                if run in results or run in queue or run in started:
+                    continue
+                result = outcome(plan.logs, plan.run_id(run))
+                if result.status in FINAL:
+                    results[run] = result
+                    counts["read_back"] += 1
+                    bar.update(1)
+                else:
+                    queue.append(run)
+            if not all(run in results for run in waiting[g]):
+                return
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(
+        f"error: stopped by signal {signum}; the same command continues where this stopped"))
+    try:
+        for g in protocols:
+            advance(g)
+        while waiting:
+            bar.total = max(bar.total, len(results) + len(queue) + len(started))
+            bar.refresh()
+            while queue and pool.free():
+                run = queue.pop(0)
+                started[run] = time.time()
+                pool.start(run, plan.command(run), os.path.join(plan.logs, plan.run_id(run) + ".out"))
+            if not pool.running:
+                break
+            for run in pool.wait():
+                results[run] = outcome(plan.logs, plan.run_id(run))
+                wall = time.time() - started.pop(run)
+                counts["trained"] += 1
+                bar.update(1)
+                bar.write(f"run:{plan.run_id(run)} status:{results[run].status} val_loss:{results[run].loss:.4f}")
+                if counts["trained"] == 1:
+                    left = bar.total - len(results)
+                    bar.write(f"estimate: the first run took {wall:.0f}s; about {wall * left / pool.slots / 60:.0f} "
+                              f"min for the ~{left} planned runs left (runs at the smaller widths are quicker)")
+            for g in list(waiting):
+                if all(run in results for run in waiting[g]):
+                    advance(g)
+    finally:
+        pool.stop()
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+    print(f"fair: {counts['trained']} runs trained, {counts['read_back']} read back from {plan.logs}")
+    return stages

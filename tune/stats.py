@@ -27,7 +27,7 @@ import numpy as np
 import scipy.stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from tune import compare
+from tune import curves as compare  # x_at_target
 
 LEVEL = 0.95
 METHOD = "jackknife-t on the log speedup, Welch-Satterthwaite df"

@@ -17,8 +17,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from tune import runs
+from tune import report, runs
 
 
 def parse(argv):
@@ -49,7 +48,7 @@ def run_id(script, width, lr):
 
 
 def command(args, extra, script, width, lr):
-    cmd = [args.python, os.path.join(ROOT, f"train_{script}.py")] + extra + [f"--n_embd={width}"]
+    cmd = [args.python, os.path.join(runs.ROOT, f"train_{script}.py")] + extra + [f"--n_embd={width}"]
     if args.head_dim:
         cmd.append(f"--n_head={width // args.head_dim}")
     return cmd + [f"--learning_rate={lr:g}", f"--log_dir={args.out}", f"--run_id={run_id(script, width, lr)}"]
@@ -111,7 +110,7 @@ def plot(args, results, path):
         lines = [(f"width {width}", [(lr, *results[(script, width, lr)]) for lr in args.lrs], None)
                  for width in args.widths]
         panels.append((f"train_{script}.py", lines))
-    runs.plot_lr(panels, path)
+    report.plot_lr(panels, path)
 
 
 def main(argv=None):

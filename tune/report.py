@@ -1,0 +1,364 @@
+"""What tune/fair.py writes: verdict.md, verdict.json, search.tsv and every plot (the val curves, the lr search and
+the speedup against size); and the plots of tune/compare.py and tune/sweep.py."""
+import json
+import math
+import os
+
+import matplotlib
+import numpy as np
+
+from tune import stats
+from tune.curves import Group, eval_names, eval_points, fmt_count, mean_curve
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
+
+TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "ngpt2": "nGPT"}
+
+
+def title(arm):
+    return TITLES.get(arm, arm)
+
+
+def ratio(x, ci, n):
+    """'1.61x [1.45-1.80] (jackknife-t, n=5+5)'; the interval is 'n/a' when a leave-one-out never reaches the
+    target."""
+    if x is None:
+        return "not reached"
+    interval = f"[{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "[n/a]"
+    return f"{x:.2f}x {interval} (jackknife-t, n={n[0]}+{n[1]})"
+
+
+def main_arm(plan, base):
+    """The arm the headline is about: nGPT when it is in the A/B and not a baseline, else the first other arm."""
+    others = [arm for arm in plan.arms if arm not in plan.baselines] or [a for a in plan.arms if a != base]
+    return "ngpt2" if "ngpt2" in others else others[0]
+
+
+def headline(plan, blocks):
+    """About the main arm (nGPT when it is in the A/B and not a baseline) at the largest target: the confirmed
+    speedup of its record runs, with the curve estimate and its interval beside it."""
+    length, width = max(plan.lengths), max(plan.widths)
+    block = blocks[(length, width)]
+    base = block["baseline"]
+    where = f"at width {width}, sequence length {length}"
+    if base is None:
+        return f"No baseline arm finished an evaluation run {where} (see the audit)."
+    arm = main_arm(plan, base)
+    v = block["vs_baseline"].get(arm)
+    against = f"{title(base)} (the strongest of {', '.join(plan.baselines)} here)"
+    if v is None:
+        return f"{title(arm)} vs {against} {where}: no finished runs to compare (see the audit)."
+    if not v["reached"]:
+        return (f"{title(arm)} did not reach the final val loss of {against} ({v['target']:.3f}) {where}: it ended "
+                f"{v['gap_at_end']:+.3f} from it ({v['n'][1]} seeds).")
+    curve = (f"Read off the mean curves: {ratio(v['tokens_speedup'], v['tokens_speedup_ci'], v['n'])} in tokens, "
+             f"{ratio(v['time_speedup'], v['time_speedup_ci'], v['n'])} in training time.")
+    if v["confirmed_steps"] is None:
+        tried = ", ".join(f"{a['steps']} steps (p {a['p']:.3g})" if a["p"] is not None else f"{a['steps']} steps"
+                          for a in v["confirmed_attempts"])
+        return (f"{title(arm)} did not confirm a speedup over {against} {where}: no run shorter than "
+                f"{plan.steps} steps reached its final val loss ({v['target']:.3f}) with one-sided Welch p < "
+                f"{plan.RECORD_P}" + (f" (tried {tried})" if tried else " (its mean curve does not cross it earlier)")
+                + f". {curve}")
+    return (f"{title(arm)} reached the final val loss of {against} ({v['target']:.3f}) in {v['confirmed_steps']} "
+            f"steps instead of {plan.steps}, {where}: {v['confirmed_speedup']:.2f}x fewer tokens and "
+            f"{v['confirmed_time_speedup']:.2f}x less training time, confirmed by {plan.seeds} runs of that length "
+            f"(one-sided Welch p {v['confirmed_p']:.2g} < {plan.RECORD_P}). Its lr was tuned for {plan.steps} steps, "
+            f"so the confirmed figure is conservative. {curve}")
+
+
+def method_text(plan):
+    """How the verdict was reached, with this plan's numbers (verdict.md and verdict.json's method)."""
+    return (f"Method: each arm at its own lr, searched at proxy widths {', '.join(map(str, plan.proxies))} with "
+            f"mup_base_width {plan.ref}, confirmed at each target width (extended past an edge up to "
+            f"{plan.MAX_EXTEND} times) and chosen on the mean of seeds 0-{plan.CHOOSE - 1}; evaluated on {plan.seeds} "
+            f"other seeds ({plan.eval_seeds[0]}-{plan.eval_seeds[-1]}). Baseline: at each target the one of "
+            f"{', '.join(plan.baselines)} with the lowest mean final val loss; target: its final mean val loss. "
+            f"Speedup = baseline tokens (or train_time) to the target / the arm's, on mean-over-seeds curves, linear "
+            f"interpolation at the first crossing. [low-high]: 95% {stats.METHOD} (tune/stats.py), n = seeds of the "
+            f"baseline + the arm. p: Welch's t-test on the final val losses (two-sided). Record runs: an arm whose "
+            f"mean curve crosses the target before step {plan.steps} is trained again for that many steps (warmup "
+            f"and cooldown scaled) on seeds {plan.record_seeds[0]}-{plan.record_seeds[-1]}; confirmed when "
+            f"one-sided Welch p < {plan.RECORD_P} that its final val losses lie below the baseline's, else 25% longer, "
+            f"up to one step short of the full length. Time: train_time from each run's log (the training loop's own "
+            f"clock, validation left out); each stage's runs were started alternating arms and seeds, "
+            f"{plan.parallel or 'one per GPU or'} {'at a time' if plan.parallel else '1 on CPU'}, so a busy period of "
+            f"the machine falls on every arm alike; the record runs are a stage of their own, so their time ratio to "
+            f"the baseline's evaluation runs is not interleaved and carries any change of load between the stages. "
+            f"It assumes the arms ran on the same kind of machine under the same load: on a shared CPU step "
+            f"times vary between runs (the interval carries that noise), on a dedicated GPU node much less.")
+
+
+def markdown(plan, blocks, head, reasons, command_line):
+    """verdict.md: the headline (NO VERDICT and the failed checks first when the audit failed), the method, and per
+    target the arms, every pair, the record runs and the audit."""
+    if reasons:
+        lines = ["NO VERDICT: the audit failed; the numbers below are provisional.", ""] + [f"- {r}" for r in reasons]
+        lines += ["", "# Fair A/B (provisional)", "", f"Provisional headline: {head}", ""]
+    else:
+        lines = ["# Fair A/B verdict", "", head, ""]
+    lines += [f"Command: `{command_line}`", "", method_text(plan), ""]
+    for (length, width), block in blocks.items():
+        base = block["baseline"]
+        params = block["arms"][base]["params"] if base else None
+        lines += [f"## Sequence length {length}, width {width}"
+                  + (f" ({fmt_count(params)} parameters, {base})" if params else ""), "",
+                  f"Baseline: {base} (lowest mean final val loss of {', '.join(plan.baselines)}).", "",
+                  "| arm | lr | best lr at proxy widths | final val loss (mean ± std) | seeds | step_avg | tokens/s "
+                  "| parameters |", "|---|---|---|---|---|---|---|---|"]
+        for arm, a in block["arms"].items():
+            loss = "-" if a["mean"] is None else f"{a['mean']:.4f}" + (f" ± {a['std']:.4f}" if a["std"] else "")
+            seeds = ", ".join(f"{x:.4f}" if x is not None else s for x, s in zip(a["final_val_loss"], a["status"]))
+            lines.append(f"| {arm} | {a['lr']:.3g} | {' / '.join(f'{x:.3g}' for x in a['proxy_best_lr'].values())} "
+                         f"| {loss} | {seeds} | "
+                         + (f"{a['step_avg_ms']:.1f} ms | {fmt_count(a['tokens_per_s'])} | "
+                            + (f"{a['params']:,} |" if a["params"] else "unknown |") if a["step_avg_ms"] else
+                            "- | - | - |"))
+        for b, pair in block["pairs"].items():
+            lines += ["", f"| vs {b} | tokens to target | speedup (tokens) [95% CI] | time to target "
+                      "| speedup (time) [95% CI] | final loss diff | p (Welch) |", "|---|---|---|---|---|---|---|"]
+            for arm, v in pair.items():
+                tokens = fmt_count(v["tokens_to_target"]) if v["reached"] else "not reached"
+                time_s = f"{v['time_to_target'] / 1000:.1f} s" if v["time_to_target"] is not None else "not reached"
+                p = f"{v['p_value']:.3g}" if v["p_value"] is not None else "n/a"
+                tokens_speedup = ratio(v["tokens_speedup"], v["tokens_speedup_ci"], v["n"])
+                if not v["reached"]:
+                    tokens_speedup = f"not reached: ended {v['gap_at_end']:+.4f} from the target"
+                lines.append(f"| {arm} | {tokens} | {tokens_speedup} | {time_s} | "
+                             f"{ratio(v['time_speedup'], v['time_speedup_ci'], v['n'])} | "
+                             f"{v['final_loss_diff']:+.4f} | {p} |")
+            if pair:
+                lines += ["", f"Target val loss {next(iter(pair.values()))['target']:.4f} ({b}'s final mean)."]
+        lines += ["", f"Record runs against {base}:", ""]
+        for arm, v in block["vs_baseline"].items():
+            tried = "; ".join(f"{a['steps']} steps: mean final {a['mean_final_val_loss']:.4f}, p "
+                              + (f"{a['p']:.3g}" if a["p"] is not None else "n/a")
+                              for a in v["confirmed_attempts"] if a["mean_final_val_loss"] is not None)
+            if v["confirmed_steps"]:
+                result = (f"confirmed at {v['confirmed_steps']} steps: {v['confirmed_speedup']:.2f}x in tokens, "
+                          f"{v['confirmed_time_speedup']:.2f}x in time")
+            else:
+                result = ("not confirmed" if tried else
+                          "no record run (its mean curve does not cross the target earlier)")
+            lines.append(f"- {arm}: {result}" + (f" ({tried})" if tried else ""))
+        lines += ["", "Fairness audit:", ""]
+        lines += [f"- {'PASS' if c['pass'] else 'FAIL'} {c['check']}: {c['detail']}" for c in block["audit"]]
+        lines += ["", f"![val loss vs tokens](L{length}_W{width}_val_vs_tokens.png)", ""]
+    if len(blocks) > 1:
+        lines += ["## Speedup against size (against each target's baseline)", "",
+                  "| arm | sequence length | width | baseline | parameters | speedup (tokens) [95% CI] "
+                  "| speedup (time) [95% CI] | confirmed (steps) |", "|---|---|---|---|---|---|---|---|"]
+        for (length, width), block in blocks.items():
+            for arm, v in block["vs_baseline"].items():
+                params = block["arms"][arm]["params"]
+                lines.append(f"| {arm} | {length} | {width} | {block['baseline']} | "
+                             f"{fmt_count(params) if params else 'unknown'} | "
+                             f"{ratio(v['tokens_speedup'], v['tokens_speedup_ci'], v['n'])} | "
+                             f"{ratio(v['time_speedup'], v['time_speedup_ci'], v['n'])} | "
+                             + (f"{v['confirmed_speedup']:.2f}x |" if v["confirmed_steps"] else "- |"))
+        lines.append("")
+    lines += ["![speedup vs parameters](speedup_vs_params.png)", "", "![lr search](lr_search.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(plan, results, found, blocks, chosen):
+    """The val curves of each target, the lr search and the speedup against size; returns their paths."""
+    paths = []
+    for (length, width), block in blocks.items():
+        groups = [Group(label=f"{arm} lr {block['arms'][arm]['lr']:.3g}", runs=rs, curve=mean_curve(rs),
+                        tokens_per_step=rs[0].hp["batch_size"] * length)
+                  for arm, rs in chosen[(length, width)].items() if rs]
+        if block["vs_baseline"]:
+            target = next(iter(block["vs_baseline"].values()))["target"]
+            paths += plot_val(groups, plan.out, f"L{length}_W{width}", target, kinds=("tokens",))[0]
+    panels = []
+    for arm in plan.arms:
+        for length in plan.lengths:
+            f = found[(arm, length)]
+            lines = []
+            for w in sorted(set(plan.proxies + plan.widths)):
+                points = [(plan.lr(arm, k), *res) for (a, L, ww, k, s, n), res in results.items()
+                          if (a, L, ww, s, n) == (arm, length, w, 0, plan.steps)]
+                pick = f.bests.get(w, f.chosen.get(w))
+                lines.append((f"width {w}" + (" (target)" if w in plan.widths else ""), points,
+                              plan.lr(arm, pick)))
+            panels.append((f"{arm}, sequence length {length}", lines))
+    paths.append(os.path.join(plan.out, "lr_search.png"))
+    plot_lr(panels, paths[-1])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+    for ax, axis in zip(axes[0], ("tokens", "time")):
+        i = 0
+        for arm in plan.arms:
+            for length in plan.lengths:
+                pts = [(block["arms"][arm]["params"] or w, v[f"{axis}_speedup"], v[f"{axis}_speedup_ci"])
+                       for (L, w), block in blocks.items() for a, v in block["vs_baseline"].items()
+                       if (a, L) == (arm, length) and v[f"{axis}_speedup"] is not None]
+                if not pts:
+                    continue
+                x, y, ci = zip(*sorted(pts))
+                low = [v - c[0] if c else 0 for v, c in zip(y, ci)]
+                high = [c[1] - v if c else 0 for v, c in zip(y, ci)]
+                ax.errorbar(x, y, yerr=[low, high], fmt="o-", capsize=4, color=f"C{i}",
+                            label=f"{arm}, sequence length {length}")
+                i += 1
+        ax.axhline(1.0, color="gray", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set(xlabel="parameters", ylabel=f"speedup in {axis} vs the strongest baseline",
+               title=f"speedup in {'train_time' if axis == 'time' else 'tokens'} (95% jackknife-t)")
+        ax.grid(alpha=0.3)
+        if i:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no arm reached the target", transform=ax.transAxes, ha="center")
+    fig.tight_layout()
+    paths.append(os.path.join(plan.out, "speedup_vs_params.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_search(plan, results, stages):
+    """search.tsv: every run of the search, confirm and choose stages, one line each."""
+    path = os.path.join(plan.out, "search.tsv")
+    tuning = {"search", "confirm", "choose"}
+    with open(path, "w") as f:
+        f.write("arm\tsequence_length\twidth\tlr\tseed\tval_loss\tlog\tstage\n")
+        for run in sorted(r for r in results if stages[r] & tuning):
+            status, loss = results[run]
+            value = f"{loss:.4f}" if status == "ok" else status
+            f.write(f"{run.arm}\t{run.length}\t{run.width}\t{plan.lr(run.arm, run.k):.4g}\t{run.seed}\t{value}\t"
+                    f"logs/{plan.run_id(run)}.txt\t{'+'.join(sorted(stages[run] & tuning))}\n")
+    return path
+
+
+def verdict_json(plan, blocks, head, reasons, command_line):
+    """verdict.json's content: one target's block at the top level, several keyed by length and width."""
+    out = {"valid": not reasons, "invalid_reasons": reasons, "headline": head if not reasons else
+           "NO VERDICT: the audit failed (invalid_reasons); provisional: " + head,
+           "command": command_line, "baselines": plan.baselines, "seeds": plan.seeds,
+           "seeds_used": {"choose": list(plan.choose_seeds), "evaluate": list(plan.eval_seeds),
+                          "record": list(plan.record_seeds)},
+           "method": {"interval": f"95% {stats.METHOD}", "p_value": "Welch's t-test on final val losses (two-sided)",
+                      "record": f"one-sided Welch t-test, p < {plan.RECORD_P}", "time": method_text(plan)},
+           "sequence_lengths": plan.lengths, "widths": plan.widths, "proxy_widths": plan.proxies}
+    if len(blocks) == 1:
+        out.update(next(iter(blocks.values())))
+        return out
+    for (length, width), block in blocks.items():
+        out.setdefault(str(length), {})[str(width)] = block
+    return out
+
+
+def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line):
+    """Every file of the verdict in plan.out; returns the paths of search.tsv and the plots."""
+    paths = [write_search(plan, results, stages)]
+    paths += plots(plan, results, found, blocks, chosen)
+    with open(os.path.join(plan.out, "verdict.json"), "w") as f:
+        json.dump(verdict_json(plan, blocks, head, reasons, command_line), f, indent=1)
+    with open(os.path.join(plan.out, "verdict.md"), "w") as f:
+        f.write(markdown(plan, blocks, head, reasons, command_line))
+    return paths
+
+
+def plot_val(groups, out_dir, prefix, target, kinds=("step", "tokens", "time")):
+    """<out_dir>/<prefix>_val_vs_<kind>.png for each of kinds (step, tokens, time); returns (paths, notes)."""
+    paths, notes = [], []
+    xlabels = {"step": "training step", "tokens": "training tokens", "time": "training time (s)"}
+    for kind in kinds:
+        xlabel = xlabels[kind]
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+        lo, hi = [target], [target]
+        for i, g in enumerate(groups):
+            c = g.curve
+            if kind == "tokens" and not g.tokens_per_step:
+                notes.append(f"tokens plot: skipped {g.label} (tokens per step unknown; pass --tokens_per_step)")
+                continue
+            x = {"step": c.step, "tokens": c.step * (g.tokens_per_step or 0), "time": c.time_ms / 1000}[kind]
+            ok = np.isfinite(x)
+            if not ok.any():
+                continue
+            ax.plot(x[ok], c.mean[ok], color=f"C{i % 10}", lw=1.6, label=f"{g.label} (n={len(g.runs)})")
+            if len(g.runs) > 1:
+                ax.fill_between(x[ok], c.min[ok], c.max[ok], color=f"C{i % 10}", alpha=0.2, lw=0)
+            later = ok & (x > 0)   # the y range leaves out the loss at init, which would squash the rest
+            hi.append(c.max[later if later.sum() >= 2 else ok].max())
+            lo.append(c.min[ok].min())
+        if len(hi) == 1:
+            plt.close(fig)
+            continue
+        pad = 0.05 * (max(hi) - min(lo)) or 0.1
+        ax.set_ylim(min(lo) - pad, max(hi) + pad)
+        ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.4f}")
+        ax.set(xlabel=xlabel, ylabel="validation loss (nats/token)",
+               title=f"{prefix}: val loss vs {kind} (line: mean over seeds, band: min..max)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, f"{prefix}_val_vs_{kind}.png"))
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths, notes
+
+
+def plot_evals(groups, out_dir, prefix):
+    """<out_dir>/<prefix>_eval_<name>.png: each metric vs the checkpoint's training tokens, mean over seeds."""
+    paths = []
+    for name in eval_names(groups):
+        lines = [(g, s, by_step) for g in groups for s, by_step in eval_points(g, name).items()]
+        results = [result for _, _, by_step in lines for res in by_step.values() for result in res]
+        metrics = list(dict.fromkeys(k for _, m in results for k in m))
+        settings = [s for _, s, _ in lines]   # in labels only where they vary (ctx of extrapolate, not n)
+        shown = {k for s in settings for k, _ in s if len({dict(t).get(k) for t in settings}) > 1}
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), dpi=120, squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            for i, (g, settings, by_step) in enumerate(lines):
+                pts = [(res[0][0], np.mean([m[metric] for _, m in res if metric in m]))
+                       for _, res in sorted(by_step.items()) if any(metric in m for _, m in res)]
+                label = " ".join([g.label] + [f"{k}={v}" for k, v in settings if k in shown])
+                if pts:
+                    ax.plot(*zip(*pts), "o-", color=f"C{i % 10}", label=label)
+            ax.set(xlabel="training tokens", ylabel=metric, title=f"{name} {metric}")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{prefix}: {name} (mean over seeds)")
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, f"{prefix}_eval_{name}.png"))
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def plot_lr(panels, path):
+    """Final val loss against lr, one panel per (title, lines); a line per (label, [(lr, status, loss)], chosen lr
+    or None). Diverged and crashed runs are crosses at the top of their panel, the chosen lr a star."""
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, lines) in zip(axes.flat, panels):
+        finite = [loss for _, points, _ in lines for _, status, loss in points if status == "ok"]
+        top = max(finite) if finite else 1.0
+        lrs = sorted({lr for _, points, _ in lines for lr, _, _ in points})
+        for label, points, chosen in lines:
+            points = sorted(points)
+            ok = [(lr, loss) for lr, status, loss in points if status == "ok"]
+            line, = ax.plot([lr for lr, _ in ok], [loss for _, loss in ok], "o-", label=label)
+            failed = [lr for lr, status, _ in points if status in ("diverged", "crashed")]
+            ax.plot(failed, [top] * len(failed), "x", color=line.get_color(), markersize=10)
+            mark = [(lr, loss) for lr, loss in ok if chosen is not None and math.isclose(lr, chosen)]
+            if mark:
+                ax.plot(*mark[0], "*", color=line.get_color(), markersize=16, markeredgecolor="black")
+        ax.set_xscale("log")
+        if len(lrs) <= 12:
+            ax.set_xticks(lrs, [f"{lr:.3g}" for lr in lrs], minor=False, rotation=45)
+        ax.minorticks_off()
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel("final val loss")
+        ax.set_title(f"{title} (x: diverged or crashed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
