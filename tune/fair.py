@@ -44,7 +44,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from tune import compare
-from tune import runs, stats
+from tune import memory, runs, stats
 
 ARMS = {"gpt2": ("train_gpt2.py", []), "gpt2_qk": ("train_gpt2.py", ["--qk_norm=1"]), "ngpt2": ("train_ngpt2.py", [])}
 TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "ngpt2": "nGPT"}
@@ -142,8 +142,7 @@ def parse(argv):
             sys.exit(f"error: --baseline {name} is not one of the arms ({', '.join(arms)})")
     if len(baselines) == len(arms):
         sys.exit("error: every arm is a --baseline; leave at least one arm to measure against them")
-    import bench  # the peak TFLOPS table and flops_per_token
-    peak = bench.peak_flops(args.gpu)
+    peak = memory.peak_flops(args.gpu)
     if not peak:
         sys.exit(f"error: --gpu {args.gpu!r}: no peak TFLOPS known for it; name one of bench.py's PEAK_BF16_TFLOPS")
 
@@ -377,12 +376,11 @@ def parameters(plan, arm, length, width):
 def run_flops(plan, arm, length, width):
     """Training FLOPs of one full-length run (bench.flops_per_token: 6 x the parameters other than the input
     embedding, plus attention, per token), None when the parameter count or the shape is unknown."""
-    import bench
     params = parameters(plan, arm, length, width)
     hp = script_hp(plan, arm, command(plan, (arm, length, width, 0, 0, plan.steps))[2:], f"width {width}")
     if params is None or not all(hasattr(hp, x) for x in ("vocab_size", "n_embd", "n_layer", "sequence_length")):
         return None
-    return bench.flops_per_token({"params": params}, hp) * plan.batch[length][0] * length * plan.steps
+    return memory.flops_per_token({"params": params}, hp) * plan.batch[length][0] * length * plan.steps
 
 
 def plan_text(plan):
