@@ -255,12 +255,13 @@ def command(args, task):
 
 
 def timeout_s(task, later, left):
-    """What is left, less the expected seconds of the later tasks that would still fit after this one's."""
-    need = task.expected_s
+    """What is left, less the expected seconds of the later tasks that would still fit after this one's expected
+    seconds, and less the grace of a killed process before them."""
+    keep = 0
     for other in later:
-        if need + other.expected_s <= left:
-            need += other.expected_s
-    return left - need + task.expected_s
+        if task.expected_s + GRACE_S + keep + other.expected_s <= left:
+            keep += other.expected_s
+    return left - keep - GRACE_S if keep else left
 
 
 class Outcome(NamedTuple):
