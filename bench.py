@@ -230,10 +230,11 @@ def step_time(name, prepared, label, args):
         times.append(1000 * (time.perf_counter() - t0))
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() if CUDA else 0
+    peak_mib = f"{peak / 2**20:.0f}" if CUDA else "n/a"
     tokens_per_s = hp.device_batch_size * hp.sequence_length / (ms / 1000)
     utilization = mfu(model.config(), hp, tokens_per_s, args)
     emit(f"step:{name} {label} batch:{hp.device_batch_size} seq:{hp.sequence_length} ms:{ms:.2f} "
-         f"tokens_per_s:{tokens_per_s:.0f}{' mfu:' + utilization if utilization else ''} peak_memory_MiB:{f'{peak / 2**20:.0f}' if CUDA else 'n/a'}")
+         f"tokens_per_s:{tokens_per_s:.0f}{' mfu:' + utilization if utilization else ''} peak_memory_MiB:{peak_mib}")
     return Step(ms, utilization, peak)
 
 
@@ -241,32 +242,34 @@ def bench_steps(args, run_triton, renorm_ms):
     seq = 32 if args.quick else 1024
     for size in args.sizes:
         batch = 2 if args.quick else DEFAULT_BATCH[size]
-        for kernels in args.step_kernels:
-            if kernels == "triton" and not run_triton:
+        for kernel_set in args.step_kernels:
+            if kernel_set == "triton" and not run_triton:
                 emit(f"step:skipped size:{size} kernels:triton (no CUDA and TRITON_INTERPRET unset)")
                 continue
             while True:  # the default device batch, halved while it does not fit
-                flags = [f"--kernels={kernels}", f"--batch_size={batch}", f"--device_batch_size={batch}",
+                flags = [f"--kernels={kernel_set}", f"--batch_size={batch}", f"--device_batch_size={batch}",
                          f"--sequence_length={seq}"]
                 try:
                     ms = []
                     for name, module in SCRIPTS.items():
                         torch._dynamo.reset()  # a fresh compile per model and size
                         prepared = prepare(module, model_argv(size, args.quick) + flags, args.backend)
-                        ms.append(step_time(name, prepared, f"size:{size} kernels:{kernels}", args).ms)
+                        ms.append(step_time(name, prepared, f"size:{size} kernels:{kernel_set}", args).ms)
                         del prepared
                     break
                 except torch.OutOfMemoryError:
-                    emit(f"step:out_of_memory size:{size} kernels:{kernels} batch:{batch} (retrying at {batch // 2})")
+                    emit(f"step:out_of_memory size:{size} kernels:{kernel_set} batch:{batch} "
+                         f"(retrying at {batch // 2})")
                     torch._dynamo.reset()
                     torch.cuda.empty_cache()
                     batch //= 2
                     if not batch:
                         return
             renorm = ""
-            if ("float32", kernels) in renorm_ms and size == args.sizes[0]:
-                renorm = f" renorm_pct_of_ngpt_step:{100 * renorm_ms['float32', kernels] / ms[1]:.2f}"
-            emit(f"ab:ngpt/gpt size:{size} kernels:{kernels} batch:{batch} gpt_ms:{ms[0]:.2f} ngpt_ms:{ms[1]:.2f} "
+            renorm_impl = "float32", "triton" if kernel_set == "triton" else "eager"  # bench_renorm's names
+            if renorm_impl in renorm_ms and size == args.sizes[0]:
+                renorm = f" renorm_pct_of_ngpt_step:{100 * renorm_ms[renorm_impl] / ms[1]:.2f}"
+            emit(f"ab:ngpt/gpt size:{size} kernels:{kernel_set} batch:{batch} gpt_ms:{ms[0]:.2f} ngpt_ms:{ms[1]:.2f} "
                  f"ratio:{ms[1] / ms[0]:.3f}{renorm}")
 
 
