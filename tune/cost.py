@@ -47,7 +47,7 @@ def plan_text(plan, flops):
                      f"(micro-batch {device}), {fmt_count(batch * length * plan.steps)} tokens per run")
     lines.append(f"  cost at MFU {plan.mfu:g} of one {plan.gpu} ({plan.peak / 1e12:.0f} dense bf16 TFLOPS), an "
                  f"assumption (--mfu, --gpu); FLOPs = 6 x parameters but the input embedding x tokens + attention "
-                 f"(bench.py)")
+                 f"(tune/memory.py)")
     total = np.zeros(6)
     for stage, (lo, hi, share) in per.items():
         row = np.zeros(6)

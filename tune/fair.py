@@ -26,7 +26,6 @@ from typing import ClassVar
 
 import numpy as np
 
-import bench
 from tune import analysis, cost, memory, report, runs, stats
 from tune.curves import parse_log
 from tune.runs import Run
@@ -175,7 +174,7 @@ def parse(argv):
     ap.add_argument("--grid", type=int, default=5, help="learning rates in the first factor-2 grid (odd; default 5)")
     ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization assumed for GPU-hours (0.4)")
     ap.add_argument("--gpu", default="H100 SXM",
-                    help="GPU whose dense bf16 peak prices the plan, from bench.py's table (default H100 SXM)")
+                    help="GPU whose dense bf16 peak prices the plan, from tune/memory.py's table (default H100 SXM)")
     ap.add_argument("--parallel", type=int, default=0, help="runs at a time (default: one per GPU, 1 on CPU)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and its cost and exit")
@@ -217,9 +216,9 @@ def parse(argv):
             sys.exit(f"error: --baseline {name} is not one of the arms ({', '.join(arms)})")
     if len(baselines) == len(arms):
         sys.exit("error: every arm is a --baseline; leave at least one arm to measure against them")
-    peak = bench.peak_flops(args.gpu)
+    peak = memory.peak_flops(args.gpu)
     if not peak:
-        sys.exit(f"error: --gpu {args.gpu!r}: no peak TFLOPS known for it; name one of bench.py's PEAK_BF16_TFLOPS")
+        sys.exit(f"error: --gpu {args.gpu!r}: no peak TFLOPS known for it; name one of tune/memory.py's PEAK_BF16_TFLOPS")
 
     target = {arm: script_hp(arms[arm][0], arm, extra + arms[arm][1], "its target") for arm in arms}
     hp = target[baselines[0]]
@@ -378,13 +377,13 @@ def parameters(plan, arm, length, width):
 
 
 def run_flops(plan, arm, length, width):
-    """Training FLOPs of one full-length run (bench.flops_per_token: 6 x the parameters other than the input
+    """Training FLOPs of one full-length run (memory.flops_per_token: 6 x the parameters other than the input
     embedding, plus attention, per token), None when the parameter count or the shape is unknown."""
     params = parameters(plan, arm, length, width)
     hp = run_hp(plan, Run(arm, length, width, 0, 0, plan.steps), f"width {width}")
     if params is None or not all(hasattr(hp, x) for x in ("vocab_size", "n_embd", "n_layer", "sequence_length")):
         return None
-    return bench.flops_per_token({"params": params}, hp) * plan.batch[length][0] * length * plan.steps
+    return memory.flops_per_token({"params": params}, hp) * plan.batch[length][0] * length * plan.steps
 
 
 # ------------------------------------------------------------------------------------------------- the run

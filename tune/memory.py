@@ -15,6 +15,7 @@ or DDP's gradient buckets; activations are the count of what backward keeps per 
 counted on CPU with saved-tensor hooks), 2 bytes each under bf16 autocast (every CUDA run;
 --device=cpu plans fp32 unless --param_dtype=bfloat16). A run fits when the total is within 95% of the GPU's
 memory (default: this machine's first GPU). It is an estimate: a CPU test holds it within 25% of measured memory.
+The cost model beside it (PEAK_BF16_TFLOPS, flops_per_token) prices runs for bench.py's MFU and tune/fair.py's plan.
 """
 import argparse
 import dataclasses
@@ -31,6 +32,10 @@ import train_ngpt2
 SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 USABLE = 0.95  # of the GPU's memory: the allocator's fragmentation and the CUDA context take the rest
 PARTS = ("weights", "gradients", "optimizer", "buffers", "activations", "total")
+# dense bf16 tensor-core peak TFLOPS of one GPU (NVIDIA datasheets) by device name, first match wins; H100 SXM
+# reports itself as "H100 80GB HBM3". Other names get no MFU unless a peak is given.
+PEAK_BF16_TFLOPS = [("H100 80GB HBM3", 989), ("H100 SXM", 989), ("H100 NVL", 835), ("H100 PCIe", 756),
+                    ("H200 NVL", 835), ("H200", 989), ("B200", 2250), ("A100", 312), ("L40S", 362), ("RTX 4090", 165)]
 
 
 def activation_elements(hp, model):
@@ -52,6 +57,20 @@ def parameters(module, hp):
     """The model's parameter count, built on the meta device (no memory)."""
     with torch.device("meta"):
         return module.GPT(hp).config()["params"]
+
+
+def peak_flops(device_name, peak_tflops=0.0):
+    """One GPU's dense bf16 peak in FLOP/s: peak_tflops if given, else by device name; None when unknown."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    return next((tflops * 1e12 for name, tflops in PEAK_BF16_TFLOPS if name in device_name), None)
+
+
+def flops_per_token(cfg, hp):
+    """Training FLOPs per token: 6 per matmul weight (2 forward, 4 backward; the embedding lookup has none) plus
+    causal attention: q.k and att.v cost 2 * n_embd * T each per layer forward over all T keys, half of that
+    under the causal mask, and backward doubles it again (6 * n_embd * T per layer in all)."""
+    return 6 * (cfg["params"] - hp.vocab_size * hp.n_embd) + 6 * hp.n_layer * hp.n_embd * hp.sequence_length
 
 
 def estimate(module, hp, processes):
