@@ -125,7 +125,7 @@ class Loaded:
 
 def load_tokenizer(spec, loaded):
     """data/encoders.py's Tokenizer, checked to fit the checkpoint's embedding."""
-    from encoders import Tokenizer
+    from data.encoders import Tokenizer
     if spec != "gpt2" and not spec.startswith("spm:"):
         sys.exit(f"error: unknown tokenizer {spec!r}; use --tokenizer gpt2 or --tokenizer spm:PATH")
     tok = Tokenizer(spec)
