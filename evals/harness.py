@@ -3,11 +3,14 @@
     pip install -r evals/requirements.txt
     python -m evals.harness logs/RUN_step004768.dcp --tasks hellaswag,arc_easy,piqa,winogrande,lambada_openai
     python -m evals.harness logs/RUN_step004768.dcp --tasks my_task --include_path my_tasks/ --limit 100
+    python -m evals.harness hf/RUN --tasks hellaswag      # a folder written by python -m evals.export
 
 The harness downloads each task's data through Hugging Face datasets on first use. A small lm_eval LM subclass
 scores requests with the model's own forward pass: loglikelihood (context + continuation, cut from the left to
 the training sequence length), loglikelihood_rolling (windows of the training length) and generate_until (greedy).
-It prints the harness's table and appends one `eval:harness_TASK` line per task to the run's log.
+It prints the harness's table and appends one `eval:harness_TASK` line per task to the run's log. An exported
+folder (config.json inside) is read by lm-eval's own `hf` backend (HFLM, trust_remote_code for nGPT) instead; its
+lines are printed only (the folder has no run log).
 """
 import argparse
 import os
@@ -18,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evals.common import Loaded, add_args, generate, load_tokenizer
+from evals.common import Loaded, add_args, generate, load_tokenizer, pick_device
+from evals.hf import import_transformers
 
 try:
     from lm_eval.api.model import LM
@@ -112,10 +116,24 @@ def log_rows(results):
     return rows
 
 
+def export_lm(path, device, batch_size):
+    """lm-eval's `hf` backend (HFLM) on a folder written by python -m evals.export."""
+    if import_transformers() is None:
+        sys.exit("error: an exported folder is read with transformers; install it with pip install -r "
+                 "evals/requirements.txt")
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as exc:  # lm-eval's hf extra: accelerate
+        sys.exit(f"error: lm-eval's hf backend needs {exc.name}; install it with pip install -r evals/requirements.txt")
+    return HFLM(pretrained=path, backend="causal", trust_remote_code=True, device=pick_device(device),
+                batch_size=batch_size, dtype="float32")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint directory (<run_id>_step<N>.dcp) of either script")
+    p.add_argument("checkpoint", help="a checkpoint directory (<run_id>_step<N>.dcp) of either script, or a folder "
+                   "written by python -m evals.export")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--limit", type=int, default=0, help="only the first N documents of each task (0: all)")
     p.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
@@ -132,8 +150,12 @@ def main(argv=None):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
-    loaded = Loaded(args.checkpoint, args.device)
-    tok = load_tokenizer(args.tokenizer, loaded)
+    exported = os.path.isfile(os.path.join(args.checkpoint, "config.json"))
+    if exported:
+        lm = export_lm(args.checkpoint, args.device, args.batch_size)
+    else:
+        loaded = Loaded(args.checkpoint, args.device)
+        lm = CheckpointLM(loaded, load_tokenizer(args.tokenizer, loaded), args.batch_size)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     manager = None
     if args.include_path:  # tasks all found there: skip indexing lm-eval's thousands of built-in tasks (~20 s)
@@ -145,13 +167,16 @@ def main(argv=None):
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         sys.exit(f"error: unknown lm-eval task(s) {unknown}; see `lm-eval ls tasks`, or add YAMLs with --include_path")
-    results = simple_evaluate(model=CheckpointLM(loaded, tok, args.batch_size), tasks=tasks, task_manager=manager,
+    results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
                               limit=args.limit or None, num_fewshot=args.num_fewshot, log_samples=False)
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
     for name, row in log_rows(results).items():
-        loaded.report(name, [row])
+        if exported:
+            print(f"eval:{name} " + " ".join(f"{k}:{v}" for k, v in row))
+        else:
+            loaded.report(name, [row])
     return results
 
 
