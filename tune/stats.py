@@ -403,14 +403,12 @@ def record_runs(steps, finals, base_finals, paired=False, alpha=RECORD_ALPHA, le
     x = np.log(steps)
     mean = finals.mean(1)
     estimate = first_crossing(x, mean, np.array(target)) if mean[0] > target else np.nan
-    low = high = np.inf
+    low, high = -np.inf, np.inf  # open at both ends below 2 runs on a side
     if m >= 2 and n >= 2:
         xs = np.broadcast_to(x, (m, len(x)))[None]
         grid = _grid(xs, points)
         at_x = _t_test(_interpolate(xs, finals.T[None], grid), base_finals[None], paired)
         low, high = (float(e[0, 0]) for e in _ends(grid, at_x, [level]))
-    else:
-        low = -np.inf
     return RecordRuns(
         record_steps_to_target=_number(np.exp(estimate)),
         record_steps_to_target_ci=(None if low == -np.inf else float(np.exp(low)),
