@@ -59,7 +59,6 @@ POINTS = 512  # grid points over x for the test inversion: the ends are interpol
 DRAWS = 1000
 RECORD_ALPHA = 0.01  # modded-nanogpt's bar for a record
 INVERSION = "test inversion"
-METHOD = "jackknife-t on the log speedup, Welch-Satterthwaite df"
 
 
 # ------------------------------------------------------------------------- point estimate
@@ -416,34 +415,3 @@ def record_runs(steps, finals, base_finals, paired=False, alpha=RECORD_ALPHA, le
         confirmed_steps=confirmed[-1].steps if confirmed else None,
         confirmed_p=confirmed[-1].p_sequence if confirmed else None, sequence=sequence, test=test,
         method=f"{INVERSION} over record lengths, {'paired t' if paired else 'Welch'}", n=(n, m), level=level)
-
-
-# ------------------------------------------------------------------------- jackknife-t (kept for comparison)
-
-def jackknife_t(base, arm, statistic=speedup, level=LEVEL):
-    """[low, high] of statistic(base, arm) > 0: jackknife-t on its log, each arm's seeds left out one at a time,
-    Welch-Satterthwaite df. None below 2 seeds in an arm or when a leave-one-out value is undefined. It undercovers
-    where the crossing sits near a validation point (the module docstring); the verdict uses inversion()."""
-    n, m = len(base[0]), len(arm[0])
-    if n < 2 or m < 2:
-        return None
-    center = statistic(base, arm)
-    variances, dfs = [], []
-    for data, k, other in ((base, n, lambda d: statistic(d, arm)), (arm, m, lambda d: statistic(base, d))):
-        values = []
-        for i in range(k):
-            keep = np.arange(k) != i
-            value = other(tuple(a[keep] for a in data))
-            if value is None or not 0 < value < math.inf:
-                return None
-            values.append(math.log(value))
-        values = np.array(values)
-        variances.append((k - 1) / k * ((values - values.mean()) ** 2).sum())
-        dfs.append(k - 1)
-    if center is None or not 0 < center < math.inf:
-        return None
-    var = sum(variances)
-    denominator = sum(v ** 2 / df for v, df in zip(variances, dfs))
-    df = var ** 2 / denominator if denominator > 0 else math.inf
-    half = scipy.stats.t.ppf(0.5 + level / 2, df) * math.sqrt(var) if var > 0 else 0.0
-    return [center * math.exp(-half), center * math.exp(half)]
