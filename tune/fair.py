@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The fair A/B in one command: each arm at its own best learning rate, evaluation seeds that took no part in choosing
-it, record runs that must reach the strongest baseline's loss in fewer steps, and a verdict with 95% intervals that
-audits its own fairness. tune/README.md describes the protocol, the verdict and the cost.
+it, record runs that estimate the steps to the strongest baseline's loss (beside that baseline rerun on their seeds)
+and confirm a length, and a verdict whose 95% intervals carry their coverage on its own noise and which audits its
+own fairness. tune/README.md describes the protocol, the verdict and the cost.
 
 python -m tune.fair --out logs/fair                           # gpt2, gpt2_qk, ngpt2 at the scripts' own defaults
 python -m tune.fair --out logs/fair --dry_run                 # the plan and what it costs, only

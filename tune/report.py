@@ -60,8 +60,11 @@ def headline(plan, blocks):
                 f"{v['gap_at_end']:+.3f} from it ({v['n'][1]} seeds).")
     curve = f"Read off the mean curves: {ratio(v, 'tokens')} in tokens, {ratio(v, 'time')} in training time."
     if v["record_method"] is None:
-        return (f"{title(arm)} reached the final val loss of {against} ({v['target']:.3f}) {where} only on its "
-                f"mean curve; no record runs (its mean curve does not cross it before step {plan.steps}). {curve}")
+        why = (f"its record runs at {', '.join(map(str, v['record_lengths']))} steps and the baseline's reruns did "
+               f"not finish on 2 or more seeds" if v["record_lengths"] else
+               f"no record runs (its mean curve does not cross it before step {plan.steps})")
+        return (f"{title(arm)} reached the final val loss of {against} ({v['target']:.3f}) {where} on its mean "
+                f"curve; {why}. {curve}")
     if v["record_steps_to_target"] is None:
         estimate = (f"its record runs at {', '.join(map(str, v['record_lengths']))} steps do not bracket the "
                     f"baseline's loss, so they give no estimate")
@@ -182,7 +185,10 @@ def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
                               + (f"{a['p']:.3g}" if a["p"] is not None else "n/a") + f", in sequence "
                               f"{a['p_sequence']:.3g}" for a in v["confirmed_attempts"])
             if v["record_method"] is None:
-                lines.append(f"- {arm}: no record run (its mean curve does not cross the target earlier)")
+                lines.append(f"- {arm}: " + (f"record runs at {', '.join(map(str, v['record_lengths']))} steps did "
+                                             f"not finish on 2 or more seeds with the baseline's reruns"
+                                             if v["record_lengths"] else
+                                             "no record run (its mean curve does not cross the target earlier)"))
                 continue
             estimate = ("no estimate (the record lengths do not bracket the target)"
                         if v["record_steps_to_target"] is None else
