@@ -7,7 +7,7 @@ import os
 import numpy as np
 import scipy.stats
 
-from tune import curves, stats
+from tune import curves, runs, stats
 from tune.runs import Run
 
 
@@ -36,6 +36,11 @@ def eval_runs(plan, found, arm, length, width):
     return [Run(arm, length, width, found[(arm, length)].chosen[width], s, plan.steps) for s in plan.eval_seeds]
 
 
+def record_baseline(plan, found, base, length, width):
+    """The baseline's reruns beside the record runs: its chosen lr at full length on the record seeds."""
+    return [Run(base, length, width, found[(base, length)].chosen[width], s, plan.steps) for s in plan.record_seeds]
+
+
 def load(plan, keys, results):
     """The parsed logs of the finished runs among keys."""
     return [curves.parse_log(os.path.join(plan.logs, plan.run_id(k) + ".txt")) for k in keys
@@ -60,18 +65,26 @@ def strongest(plan, chosen):
 
 
 def versus(base, arm):
-    """One arm against a baseline: tokens and time to the target with speedups and intervals, the final loss
+    """One arm against a baseline: tokens and time to the target with speedups and their test-inversion intervals,
+    each with its coverage measured on these runs' own noise (tune/stats.py's self_check), the final loss
     difference and Welch's t-test p-value (two-sided)."""
     base_final = [final_loss(r) for r in base]
     arm_final = [final_loss(r) for r in arm]
-    out = {"n": [len(base), len(arm)], "interval_method": f"95% {stats.METHOD}"}
+    out = {"n": [len(base), len(arm)]}
     for axis in ("tokens", "time"):
         b, a = seed_curves(base, axis), seed_curves(arm, axis)
         base_x, arm_x, out["target"] = stats.to_target(b, a)
         out[f"{axis}_to_target"] = arm_x
         out[f"baseline_{axis}_to_target"] = base_x
         out[f"{axis}_speedup"] = stats.speedup(b, a)
-        out[f"{axis}_speedup_ci"] = stats.jackknife_t(b, a) if out[f"{axis}_speedup"] else None
+        checked = stats.self_check(b, a)
+        out[f"{axis}_speedup_ci"] = [checked.interval.low, checked.interval.high] if checked else None
+        out[f"{axis}_coverage"] = checked.coverage if checked else None
+        out[f"{axis}_coverage_draws"] = checked.draws if checked else None
+        out[f"{axis}_coverage_holds"] = checked.holds if checked else None
+        out[f"{axis}_widened_by"] = checked.widened_by if checked else None
+        out[f"{axis}_interval_text"] = checked.text() if checked else None
+        out[f"{axis}_interval_method"] = checked.interval.method if checked else None
     out["reached"] = out["tokens_to_target"] is not None
     out["gap_at_end"] = float(np.mean(arm_final)) - out["target"]
     out["final_loss_diff"] = out["gap_at_end"]
@@ -82,20 +95,45 @@ def versus(base, arm):
     return out
 
 
-def record_result(plan, found, results, arm, length, width, base_runs):
-    """The record-run fields of vs_baseline: confirmed_steps, _p, _speedup (steps), _time_speedup, _attempts."""
+def record_result(plan, found, results, arm, length, width):
+    """The record-run fields of vs_baseline: the estimate of the arm's steps (tokens, time) to the baseline's loss
+    from the record runs themselves with its interval, the confirmed steps of the longest-first sequence (a lower
+    bound on the speedup, set by the test's power) and every tested length."""
     rec = found[(arm, length)].record[width]
-    out = {"confirmed_steps": rec.confirmed, "confirmed_p": None, "confirmed_speedup": None,
-           "confirmed_time_speedup": None, "confirmed_attempts": rec.attempts}
-    if rec.confirmed:
-        chosen = found[(arm, length)].chosen[width]
-        keys = [Run(arm, length, width, chosen, s, rec.confirmed) for s in plan.record_seeds]
-        record = load(plan, keys, results)
-        out["confirmed_p"] = rec.attempts[-1]["p"]
-        out["confirmed_speedup"] = plan.steps / rec.confirmed
-        out["confirmed_time_speedup"] = (np.mean([r.val[r.total_steps][1] for r in base_runs])
-                                         / np.mean([r.val[r.total_steps][1] for r in record]))
+    out = {"record_steps_to_target": None, "record_steps_to_target_ci": None, "record_speedup": None,
+           "record_speedup_ci": None, "record_tokens_to_target": None, "record_time_to_target": None,
+           "record_time_speedup": None, "record_method": None, "record_test": None, "record_paired": rec.paired,
+           "record_seeds": rec.seeds, "record_lengths": rec.lengths, "confirmed_steps": None, "confirmed_p": None,
+           "confirmed_speedup_lower_bound": None, "confirmed_time_speedup": None, "confirmed_attempts": []}
+    r = rec.result
+    if r is None:
+        return out
+    chosen = found[(arm, length)].chosen[width]
+    record = {n: load(plan, [Run(arm, length, width, chosen, s, n) for s in rec.seeds], results)
+              for n in rec.lengths}
+    reruns = load(plan, [k for k in record_baseline(plan, found, rec.baseline, length, width)
+                         if k.seed in rec.seeds], results)
+    base_time = float(np.mean([final_time(x) for x in reruns]))
+    ms_per_step = float(np.mean([final_time(x) / n for n, rs in record.items() for x in rs]))
+    tokens_per_step = plan.batch[length][0] * length
+    low, high = r.record_steps_to_target_ci
+    out.update(record_method=r.method, record_test=r.test,
+               confirmed_attempts=[a._asdict() for a in r.sequence], confirmed_steps=r.confirmed_steps,
+               confirmed_p=r.confirmed_p, record_steps_to_target_ci=[low, high],
+               record_speedup_ci=[plan.steps / high if high else None, plan.steps / low if low else None])
+    if r.record_steps_to_target:
+        x = r.record_steps_to_target
+        out.update(record_steps_to_target=x, record_speedup=plan.steps / x, record_tokens_to_target=x * tokens_per_step,
+                   record_time_to_target=x * ms_per_step, record_time_speedup=base_time / (x * ms_per_step))
+    if r.confirmed_steps:
+        out["confirmed_speedup_lower_bound"] = plan.steps / r.confirmed_steps
+        out["confirmed_time_speedup"] = base_time / float(np.mean([final_time(x) for x in record[r.confirmed_steps]]))
     return out
+
+
+def final_time(run):
+    """A run's train_time (ms) at its last step."""
+    return run.val[run.total_steps][1]
 
 
 def audit(plan, length, width, found, results, chosen_runs):
@@ -191,12 +229,70 @@ def analyze(plan, results, found):
             base = strongest(plan, runs_of)
             pairs = {b: {arm: versus(runs_of[b], runs_of[arm]) for arm in plan.arms if arm != b and runs_of[arm]}
                      for b in plan.baselines if runs_of[b]}
-            vs = {arm: dict(v, **record_result(plan, found, results, arm, length, width, runs_of[base]))
+            vs = {arm: dict(v, **record_result(plan, found, results, arm, length, width))
                   for arm, v in pairs.get(base, {}).items()}
             blocks[(length, width)] = {"baseline": base, "arms": arms, "vs_baseline": vs, "pairs": pairs,
                                        "audit": audit(plan, length, width, found, results, runs_of)}
             chosen[(length, width)] = runs_of
     return blocks, chosen
+
+
+def target_correlation(blocks):
+    """{arm: {min, max}}: the correlation of an arm's per-seed final val losses (the same evaluation seeds) between
+    every two targets; the targets share each seed's data order, so this says how far they are one experiment."""
+    out = {}
+    keys = list(blocks)
+    for arm in next(iter(blocks.values()))["arms"] if blocks else []:
+        values = []
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                pairs = [(x, y) for x, y in zip(blocks[a]["arms"][arm]["final_val_loss"],
+                                                blocks[b]["arms"][arm]["final_val_loss"]) if None not in (x, y)]
+                if len(pairs) > 2 and np.std([x for x, _ in pairs]) > 0 and np.std([y for _, y in pairs]) > 0:
+                    values.append(float(np.corrcoef(np.array(pairs).T)[0, 1]))
+        if values:
+            out[arm] = {"min": min(values), "max": max(values)}
+    return out
+
+
+def covered(span, others):
+    """Seconds of span (start, end) during which at least one of the spans `others` was going."""
+    start, end = span
+    parts = sorted((max(a, start), min(b, end)) for a, b in others if a < end and b > start)
+    total, reach = 0.0, start
+    for a, b in parts:
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
+
+
+def overlap(plan, results, stages, order):
+    """What ran beside each arm's runs, per stage, from every run's started:/ended: console lines: {stage: {arm:
+    {other arm or 'alone': the share of the arm's run time during which a run of it (or nothing else) was going},
+    plus 'seconds' and 'untimed' (runs of the stage whose console has no times)}}, stages in `order`. A run counts in
+    every stage that asked for it."""
+    timed = {run: runs.spans(plan.logs, plan.run_id(run)) for run in results}
+    flat = [(run, span) for run, spans in timed.items() for span in spans]
+    out = {}
+    for stage in order:
+        for arm in plan.arms:
+            mine = [run for run in results if run.arm == arm and stage in stages.get(run, ())]
+            if not mine:
+                continue
+            seconds, beside = 0.0, dict.fromkeys(plan.arms, 0.0)
+            alone = 0.0
+            for run in mine:
+                for span in timed[run]:
+                    others = [(o, x) for o, x in flat if o != run]
+                    seconds += span[1] - span[0]
+                    alone += span[1] - span[0] - covered(span, [x for _, x in others])
+                    for b in plan.arms:
+                        beside[b] += covered(span, [x for o, x in others if o.arm == b])
+            shares = {b: v / seconds if seconds else None for b, v in beside.items()}
+            out.setdefault(stage, {})[arm] = dict(shares, alone=alone / seconds if seconds else None,
+                                                  seconds=seconds, untimed=sum(not timed[r] for r in mine))
+    return out
 
 
 def invalid_reasons(blocks):

@@ -16,7 +16,7 @@ def planned_runs(plan):
             "confirm": (3 * w, (3 + plan.MAX_EXTEND + 2) * w, at_targets),
             "choose": (2 * (plan.CHOOSE - 1) * w, 3 * (plan.CHOOSE - 1) * w, at_targets),
             "seeds": (plan.seeds * w, plan.seeds * w, at_targets),
-            "record": (0, plan.seeds * w, at_targets)}
+            "record": (0, (3 + 1) * plan.seeds * w, at_targets)}
 
 
 def plan_text(plan, flops):
@@ -58,8 +58,10 @@ def plan_text(plan, flops):
                     flops[(arm, length, w)] for w in share) else math.nan
                 row += [lo, hi, lo * tokens, hi * tokens, lo * f, hi * f]
         if stage == "record":
-            lines.append(f"  record   per attempt at most {cost(*row[[1, 1, 3, 3, 5, 5]])} (shorter than "
-                         f"full runs; how many attempts depends on the crossings, so not in the total)")
+            lines.append(f"  record   at most {cost(*row[[1, 1, 3, 3, 5, 5]])} (3 lengths shorter than full "
+                         f"runs and the baseline's full-length reruns beside them; up to {plan.MAX_EXTEND} more "
+                         f"lengths while they do not bracket the target; whether an arm has record runs depends on "
+                         f"its crossing, so not in the total)")
             continue
         total += row
         lines.append(f"  {stage:<8} " + cost(*row))

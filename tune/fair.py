@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The fair A/B in one command: each arm at its own best learning rate, evaluation seeds that took no part in choosing
-it, record runs that must reach the strongest baseline's loss in fewer steps, and a verdict with 95% intervals that
-audits its own fairness. tune/README.md describes the protocol, the verdict and the cost.
+it, record runs that estimate the steps to the strongest baseline's loss (beside that baseline rerun on their seeds)
+and confirm a length, and a verdict whose 95% intervals carry their coverage on its own noise and which audits its
+own fairness. tune/README.md describes the protocol, the verdict and the cost.
 
 python -m tune.fair --out logs/fair                           # gpt2, gpt2_qk, ngpt2 at the scripts' own defaults
 python -m tune.fair --out logs/fair --dry_run                 # the plan and what it costs, only
@@ -21,7 +22,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -32,6 +33,7 @@ from tune.runs import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = {"gpt2": ("train_gpt2.py", []), "gpt2_qk": ("train_gpt2.py", ["--qk_norm=1"]), "ngpt2": ("train_ngpt2.py", [])}
+STAGES = ["search", "confirm", "choose", "seeds", "record"]
 SET_HERE = ["seed", "data_seed", "run_id", "log_dir", "resume", "mup_base_width"]  # per run, by this tool
 
 
@@ -42,7 +44,8 @@ class Plan:
     MAX_EXTEND: ClassVar[int] = 3      # steps past an end of the candidates, at most, before giving up
     CHOOSE: ClassVar[int] = 2          # seeds 0..CHOOSE-1 choose the lr; evaluation and record seeds come after
     RECORD_P: ClassVar[float] = 0.01   # modded-nanogpt's bar for a record
-    LONGER: ClassVar[float] = 1.25     # a record run not confirmed is tried again this much longer
+    LONGER: ClassVar[float] = 1.25     # record lengths: the crossing step, LONGER and SHORTER times it
+    SHORTER: ClassVar[float] = 0.8
 
     arms: dict          # name -> (script, its flags)
     baselines: list
@@ -110,10 +113,13 @@ class Plan:
 
 @dataclass
 class Record:
-    """The record runs of one arm at one target."""
+    """The record runs of one arm at one target: the lengths trained on the record seeds, the baseline rerun beside
+    them, and what they estimate and confirm (tune/stats.py's record_runs)."""
     baseline: str | None
-    attempts: list        # [{steps, mean_final_val_loss, p}] in the order tried
-    confirmed: int | None = None  # the steps of the attempt that confirmed it
+    lengths: list = field(default_factory=list)   # steps of each record length trained, shortest first
+    seeds: list = field(default_factory=list)     # the record seeds whose every run finished
+    paired: bool = False                          # both arms read a seed's data order: the test is paired
+    result: stats.RecordRuns | None = None
 
 
 @dataclass
@@ -323,39 +329,60 @@ def arm_protocol(plan, arm, length, results, found):
                                   confirmed=confirmed, near=near, chosen=chosen, record={})
 
 
+def record_lengths(plan, crossing):
+    """The record lengths fixed before any record run: the crossing step of the arm's mean curve and SHORTER and
+    LONGER times it (rounded up), so they bracket it; capped one step short of the full length (a run as long as the
+    baseline's would show a lower loss, not a speedup)."""
+    return sorted({min(plan.steps - 1, max(1, math.ceil(crossing * f))) for f in (plan.SHORTER, 1, plan.LONGER)})
+
+
 def record_protocol(plan, arm, length, width, results, found):
-    """The record runs of one arm at one target: at the step where its mean curve reaches the strongest baseline's
-    final mean val loss (rounded up), then LONGER until one-sided Welch p < RECORD_P or one step short of the full
-    length (a run as long as the baseline's would show a lower loss, not a speedup)."""
+    """The record runs of one arm at one target. The strongest baseline is trained again at full length on the
+    record seeds, in the same batch as the arm's runs at every record length: each record run gets a partner on its
+    seed (the same data order: the test is paired) and the stage's time ratio is measured within it. The lengths are
+    tested longest first (tune/stats.py's record_runs). While the shortest length's mean final still lies below the
+    baseline's, or the longest's above it, one more length past that end (SHORTER or LONGER, up to MAX_EXTEND) so
+    the lengths bracket the target for the estimate; a length added past either end keeps the order of the sequence
+    (longest first) and so its level."""
     chosen = {a: analysis.load(plan, analysis.eval_runs(plan, found, a, length, width), results) for a in plan.arms}
     base = analysis.strongest(plan, chosen)
     f = found[(arm, length)]
-    f.record[width] = Record(baseline=base, attempts=[])
+    rec = f.record[width] = Record(baseline=base, paired=plan.data_seed[arm] and bool(base and plan.data_seed[base]))
     if base is None or arm == base or not chosen[arm]:
         return
-    _, arm_x, _ = stats.to_target(analysis.seed_curves(chosen[base], "step"), analysis.seed_curves(chosen[arm], "step"))
-    if arm_x is None or math.ceil(arm_x) >= plan.steps:
+    crossing = stats.to_target(analysis.seed_curves(chosen[base], "step"), analysis.seed_curves(chosen[arm], "step"))
+    if crossing.arm_x is None or math.ceil(crossing.arm_x) >= plan.steps:
         return
-    steps = max(1, math.ceil(arm_x))
-    base_finals = [analysis.final_loss(r) for r in chosen[base]]
-    while True:
-        record = [Run(arm, length, width, f.chosen[width], s, steps) for s in plan.record_seeds]
-        yield "record", record
-        finals = [results[r].loss for r in record if results[r].status == "ok"]
-        p = stats.below(finals, base_finals) if len(finals) == len(record) else None
-        f.record[width].attempts.append({"steps": steps, "mean_final_val_loss": float(np.mean(finals)) if finals
-                                         else None, "p": p})
-        if p is not None and p < plan.RECORD_P:
-            f.record[width].confirmed = steps
+    reruns = analysis.record_baseline(plan, found, base, length, width)
+    lengths = record_lengths(plan, crossing.arm_x)
+    batch = [run for s, rerun in zip(plan.record_seeds, reruns)
+             for run in [rerun] + [Run(arm, length, width, f.chosen[width], s, n) for n in lengths]]
+    for _ in range(plan.MAX_EXTEND + 1):
+        yield "record", batch
+        rec.lengths = sorted(set(rec.lengths) | {run.steps for run in batch if run.arm == arm})
+        partner = dict(zip(plan.record_seeds, reruns))
+        rec.seeds = [s for s in plan.record_seeds if results[partner[s]].status == "ok" and all(
+            results[Run(arm, length, width, f.chosen[width], s, n)].status == "ok" for n in rec.lengths)]
+        if len(rec.seeds) < 2:
             return
-        if steps >= plan.steps - 1:
+        finals = [[results[Run(arm, length, width, f.chosen[width], s, n)].loss for s in rec.seeds]
+                  for n in rec.lengths]
+        base_finals = [results[partner[s]].loss for s in rec.seeds]
+        rec.result = stats.record_runs(rec.lengths, finals, base_finals, paired=rec.paired, alpha=plan.RECORD_P)
+        target = float(np.mean(base_finals))
+        more = []
+        if np.mean(finals[0]) <= target and rec.lengths[0] > 1:
+            more.append(max(1, math.floor(rec.lengths[0] * plan.SHORTER)))
+        if np.mean(finals[-1]) > target and rec.lengths[-1] < plan.steps - 1:
+            more.append(min(plan.steps - 1, math.ceil(rec.lengths[-1] * plan.LONGER)))
+        if not more:
             return
-        steps = min(plan.steps - 1, math.ceil(steps * plan.LONGER))
+        batch = [Run(arm, length, width, f.chosen[width], s, n) for n in more for s in plan.record_seeds]
 
 
 def protocol(plan, length, results, found):
     """Every arm at one sequence length: yields lists of (stage, run) to run, the arms' runs interleaved."""
-    yield from runs.lockstep([arm_protocol(plan, arm, length, results, found) for arm in plan.arms])
+    yield from runs.lockstep([arm_protocol(plan, arm, length, results, found) for arm in plan.arms], STAGES)
     yield from runs.lockstep([record_protocol(plan, arm, length, width, results, found)
                               for width in plan.widths for arm in plan.arms])
 
@@ -413,7 +440,9 @@ def main(argv=None):
     head = report.headline(plan, blocks)
     reasons = analysis.invalid_reasons(blocks)
     command_line = shlex.join(["python", "-m", "tune.fair"] + argv)
-    paths = report.write(plan, results, found, stages, blocks, chosen, head, reasons, command_line)
+    overlap, correlation = analysis.overlap(plan, results, stages, STAGES), analysis.target_correlation(blocks)
+    paths = report.write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap,
+                         correlation)
     print(f"NO VERDICT: {len(reasons)} failed check(s); provisional: {head}" if reasons else head)
     print(f"verdict: {os.path.join(plan.out, 'verdict.md')} (and verdict.json, search.tsv, "
           f"{', '.join(os.path.basename(p) for p in paths[1:])})")

@@ -20,13 +20,18 @@ def title(arm):
     return TITLES.get(arm, arm)
 
 
-def ratio(x, ci, n):
-    """'1.61x [1.45-1.80] (jackknife-t, n=5+5)'; the interval is 'n/a' when a leave-one-out never reaches the
-    target."""
-    if x is None:
+def ratio(v, axis):
+    """'1.90x [1.20-2.40] (test inversion, n=5+5; coverage 0.96 on this verdict's noise, 1000 draws)': the speedup
+    with its interval and the interval's coverage measured on this verdict's own noise."""
+    if v[f"{axis}_speedup"] is None:
         return "not reached"
-    interval = f"[{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "[n/a]"
-    return f"{x:.2f}x {interval} (jackknife-t, n={n[0]}+{n[1]})"
+    return v[f"{axis}_interval_text"] or f"{v[f'{axis}_speedup']:.2f}x [n/a] (n={v['n'][0]}+{v['n'][1]})"
+
+
+def steps_text(x, ci):
+    """'77 steps [70-86]'; an end the record lengths do not bound is 'n/a'."""
+    ends = ["n/a" if e is None else f"{e:.0f}" for e in ci or (None, None)]
+    return f"{x:.0f} steps [{ends[0]}-{ends[1]}]"
 
 
 def main_arm(plan, base):
@@ -36,8 +41,9 @@ def main_arm(plan, base):
 
 
 def headline(plan, blocks):
-    """About the main arm (nGPT when it is in the A/B and not a baseline) at the largest target: the confirmed
-    speedup of its record runs, with the curve estimate and its interval beside it."""
+    """About the main arm (nGPT when it is in the A/B and not a baseline) at the largest target: the steps to the
+    baseline's loss estimated from its record runs, with its interval, the confirmed length (a lower bound) and the
+    curve estimate beside them."""
     length, width = max(plan.lengths), max(plan.widths)
     block = blocks[(length, width)]
     base = block["baseline"]
@@ -52,45 +58,89 @@ def headline(plan, blocks):
     if not v["reached"]:
         return (f"{title(arm)} did not reach the final val loss of {against} ({v['target']:.3f}) {where}: it ended "
                 f"{v['gap_at_end']:+.3f} from it ({v['n'][1]} seeds).")
-    curve = (f"Read off the mean curves: {ratio(v['tokens_speedup'], v['tokens_speedup_ci'], v['n'])} in tokens, "
-             f"{ratio(v['time_speedup'], v['time_speedup_ci'], v['n'])} in training time.")
+    curve = f"Read off the mean curves: {ratio(v, 'tokens')} in tokens, {ratio(v, 'time')} in training time."
+    if v["record_method"] is None:
+        why = (f"its record runs at {', '.join(map(str, v['record_lengths']))} steps and the baseline's reruns did "
+               f"not finish on 2 or more seeds" if v["record_lengths"] else
+               f"no record runs (its mean curve does not cross it before step {plan.steps})")
+        return (f"{title(arm)} reached the final val loss of {against} ({v['target']:.3f}) {where} on its mean "
+                f"curve; {why}. {curve}")
+    if v["record_steps_to_target"] is None:
+        estimate = (f"its record runs at {', '.join(map(str, v['record_lengths']))} steps do not bracket the "
+                    f"baseline's loss, so they give no estimate")
+    else:
+        ci = v["record_speedup_ci"]
+        ends = ["n/a" if e is None else f"{e:.2f}" for e in ci]
+        estimate = (f"its record runs reach it in {steps_text(v['record_steps_to_target'], v['record_steps_to_target_ci'])}"
+                    f" instead of {plan.steps}: {v['record_speedup']:.2f}x [{ends[0]}-{ends[1]}] fewer tokens and "
+                    f"{v['record_time_speedup']:.2f}x less training time ({v['record_method']}, "
+                    f"n={len(v['record_seeds'])}+{len(v['record_seeds'])})")
     if v["confirmed_steps"] is None:
-        tried = ", ".join(f"{a['steps']} steps (p {a['p']:.3g})" if a["p"] is not None else f"{a['steps']} steps"
-                          for a in v["confirmed_attempts"])
-        return (f"{title(arm)} did not confirm a speedup over {against} {where}: no run shorter than "
-                f"{plan.steps} steps reached its final val loss ({v['target']:.3f}) with one-sided Welch p < "
-                f"{plan.RECORD_P}" + (f" (tried {tried})" if tried else " (its mean curve does not cross it earlier)")
-                + f". {curve}")
-    return (f"{title(arm)} reached the final val loss of {against} ({v['target']:.3f}) in {v['confirmed_steps']} "
-            f"steps instead of {plan.steps}, {where}: {v['confirmed_speedup']:.2f}x fewer tokens and "
-            f"{v['confirmed_time_speedup']:.2f}x less training time, confirmed by {plan.seeds} runs of that length "
-            f"(one-sided Welch p {v['confirmed_p']:.2g} < {plan.RECORD_P}). Its lr was tuned for {plan.steps} steps, "
-            f"so the confirmed figure is conservative. {curve}")
+        confirmed = (f"no record length confirmed it (longest first, {v['record_test']} p < {plan.RECORD_P})")
+    else:
+        confirmed = (f"confirmed at {v['confirmed_steps']} steps ({v['record_test']}, longest first, p "
+                     f"{v['confirmed_p']:.2g} < {plan.RECORD_P}): at least {v['confirmed_speedup_lower_bound']:.2f}x "
+                     f"fewer tokens, a lower bound set by the test's power, not an estimate")
+    return (f"{title(arm)} vs {against} {where}, target {v['target']:.3f}: {estimate}; {confirmed}. Its lr was "
+            f"tuned for {plan.steps} steps. {curve}")
 
 
-def method_text(plan):
-    """How the verdict was reached, with this plan's numbers (verdict.md and verdict.json's method)."""
+def shares_text(plan, overlap, stage):
+    """'gpt2 beside gpt2 0.00, ngpt2 0.61, alone 0.39; ...': what ran beside each arm's runs of a stage."""
+    parts = []
+    for arm, sh in overlap.get(stage, {}).items():
+        if not sh["seconds"]:
+            parts.append(f"{arm} not timed ({sh['untimed']} runs without started:/ended: console lines)")
+            continue
+        parts.append(f"{arm} beside " + ", ".join(f"{b} {sh[b]:.2f}" for b in plan.arms) + f", alone {sh['alone']:.2f}"
+                     + (f" ({sh['untimed']} runs untimed)" if sh["untimed"] else ""))
+    return "; ".join(parts) or "no runs"
+
+
+def method_text(plan, overlap, correlation):
+    """How the verdict was reached, with this plan's numbers and the measured overlap (verdict.md and verdict.json's
+    method)."""
+    shared = (f"The {len(plan.lengths) * len(plan.widths)} targets are not replications: at a seed every target reads "
+              "the same data order" + (" and, with the same tokens per step, the same tokens at every step"
+                                        if len(plan.lengths) > 1 and len({b * L for L, (b, _) in plan.batch.items()})
+                                        == 1 else "") + ", so their results are correlated (the per-seed final "
+              "losses' correlation across targets is under each arm's targets below); read them as one experiment "
+              "at several sizes. " if len(plan.lengths) * len(plan.widths) > 1 else "")
     return (f"Method: each arm at its own lr, searched at proxy widths {', '.join(map(str, plan.proxies))} with "
             f"mup_base_width {plan.ref}, confirmed at each target width (extended past an edge up to "
             f"{plan.MAX_EXTEND} times) and chosen on the mean of seeds 0-{plan.CHOOSE - 1}; evaluated on {plan.seeds} "
             f"other seeds ({plan.eval_seeds[0]}-{plan.eval_seeds[-1]}). Baseline: at each target the one of "
             f"{', '.join(plan.baselines)} with the lowest mean final val loss; target: its final mean val loss. "
             f"Speedup = baseline tokens (or train_time) to the target / the arm's, on mean-over-seeds curves, linear "
-            f"interpolation at the first crossing. [low-high]: 95% {stats.METHOD} (tune/stats.py), n = seeds of the "
-            f"baseline + the arm. p: Welch's t-test on the final val losses (two-sided). Record runs: an arm whose "
-            f"mean curve crosses the target before step {plan.steps} is trained again for that many steps (warmup "
-            f"and cooldown scaled) on seeds {plan.record_seeds[0]}-{plan.record_seeds[-1]}; confirmed when "
-            f"one-sided Welch p < {plan.RECORD_P} that its final val losses lie below the baseline's, else 25% longer, "
-            f"up to one step short of the full length. Time: train_time from each run's log (the training loop's own "
-            f"clock, validation left out); each stage's runs were started alternating arms and seeds, "
-            f"{plan.parallel or 'one per GPU or'} {'at a time' if plan.parallel else '1 on CPU'}, so a busy period of "
-            f"the machine falls on every arm alike; the record runs are a stage of their own, so their time ratio to "
-            f"the baseline's evaluation runs is not interleaved and carries any change of load between the stages. "
-            f"It assumes the arms ran on the same kind of machine under the same load: on a shared CPU step "
-            f"times vary between runs (the interval carries that noise), on a dedicated GPU node much less.")
+            f"interpolation at the first crossing. [low-high]: 95% {stats.INVERSION} (tune/stats.py): Welch's test "
+            f"of the arm's seeds' interpolated losses at each x against the baseline's finals, inverted; each "
+            f"interval's coverage measured on {stats.DRAWS} simulated draws with the per-point sd and correlation "
+            f"of this verdict's own logs per arm, at its seed counts, and the test's level raised until it covers "
+            f"at least {stats.FLOOR} (else it says it does not hold). p: Welch's t-test on the final val losses "
+            f"(two-sided). Record runs: an arm whose mean curve crosses the target at step x < {plan.steps} is "
+            f"trained again at lengths fixed before any record run, {plan.SHORTER:g}x, 1x and {plan.LONGER:g}x x "
+            f"(rounded up, at most {plan.steps - 1}; warmup and cooldown scaled), on seeds "
+            f"{plan.record_seeds[0]}-{plan.record_seeds[-1]}, and the baseline is trained again at full length on "
+            f"the same seeds in the same batch; one length more past an end (up to {plan.MAX_EXTEND}) while they do "
+            f"not bracket the baseline's loss. Estimate: the steps at which the record runs reach the baseline "
+            f"reruns' mean final loss, each seed's final loss interpolated linearly in log steps between attempted "
+            f"lengths, with a test-inversion interval. Confirmation: the lengths tested in a fixed sequence, "
+            f"longest first, each at p < {plan.RECORD_P}, stopping at the first that fails (the family's error "
+            f"rate stays {plan.RECORD_P}); the test is paired (one-sided paired t) where both arms read a seed's "
+            f"data order (data_seed = seed), else one-sided Welch. baseline steps / confirmed steps is a lower bound "
+            f"set by the test's power, not an estimate. {shared}"
+            f"Time: train_time from each run's log (the training loop's own clock, validation left out); "
+            f"{plan.parallel or 'one per GPU or 1 on CPU'} runs at a time, each next run the first queued one of "
+            f"the arm with the fewest runs going, never more than slots / arms (rounded up) of one arm at once, so "
+            f"no run sits beside its own arm more than beside another. Measured share of each arm's run time "
+            f"beside each arm (from the runs' started:/ended: console lines): evaluation runs: "
+            f"{shares_text(plan, overlap, 'seeds')}; record stage: {shares_text(plan, overlap, 'record')}. The "
+            f"record stage's time ratio is the baseline reruns' train_time over the record runs' time to the "
+            f"target, both from that stage. It assumes the arms ran on the same kind of machine: on a shared CPU "
+            f"step times vary between runs (the interval carries that noise), on a dedicated GPU node much less.")
 
 
-def markdown(plan, blocks, head, reasons, command_line):
+def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
     """verdict.md: the headline (NO VERDICT and the failed checks first when the audit failed), the method, and per
     target the arms, every pair, the record runs and the audit."""
     if reasons:
@@ -98,7 +148,7 @@ def markdown(plan, blocks, head, reasons, command_line):
         lines += ["", "# Fair A/B (provisional)", "", f"Provisional headline: {head}", ""]
     else:
         lines = ["# Fair A/B verdict", "", head, ""]
-    lines += [f"Command: `{command_line}`", "", method_text(plan), ""]
+    lines += [f"Command: `{command_line}`", "", method_text(plan, overlap, correlation), ""]
     for (length, width), block in blocks.items():
         base = block["baseline"]
         params = block["arms"][base]["params"] if base else None
@@ -116,47 +166,57 @@ def markdown(plan, blocks, head, reasons, command_line):
                             + (f"{a['params']:,} |" if a["params"] else "unknown |") if a["step_avg_ms"] else
                             "- | - | - |"))
         for b, pair in block["pairs"].items():
-            lines += ["", f"| vs {b} | tokens to target | speedup (tokens) [95% CI] | time to target "
-                      "| speedup (time) [95% CI] | final loss diff | p (Welch) |", "|---|---|---|---|---|---|---|"]
+            lines += ["", f"| vs {b} | tokens to target | speedup (tokens) [95% interval] | time to target "
+                      "| speedup (time) [95% interval] | final loss diff | p (Welch) |", "|---|---|---|---|---|---|---|"]
             for arm, v in pair.items():
                 tokens = fmt_count(v["tokens_to_target"]) if v["reached"] else "not reached"
                 time_s = f"{v['time_to_target'] / 1000:.1f} s" if v["time_to_target"] is not None else "not reached"
                 p = f"{v['p_value']:.3g}" if v["p_value"] is not None else "n/a"
-                tokens_speedup = ratio(v["tokens_speedup"], v["tokens_speedup_ci"], v["n"])
+                tokens_speedup = ratio(v, "tokens")
                 if not v["reached"]:
                     tokens_speedup = f"not reached: ended {v['gap_at_end']:+.4f} from the target"
-                lines.append(f"| {arm} | {tokens} | {tokens_speedup} | {time_s} | "
-                             f"{ratio(v['time_speedup'], v['time_speedup_ci'], v['n'])} | "
+                lines.append(f"| {arm} | {tokens} | {tokens_speedup} | {time_s} | {ratio(v, 'time')} | "
                              f"{v['final_loss_diff']:+.4f} | {p} |")
             if pair:
                 lines += ["", f"Target val loss {next(iter(pair.values()))['target']:.4f} ({b}'s final mean)."]
-        lines += ["", f"Record runs against {base}:", ""]
+        lines += ["", f"Record runs against {base} (rerun at full length on the record seeds):", ""]
         for arm, v in block["vs_baseline"].items():
             tried = "; ".join(f"{a['steps']} steps: mean final {a['mean_final_val_loss']:.4f}, p "
-                              + (f"{a['p']:.3g}" if a["p"] is not None else "n/a")
-                              for a in v["confirmed_attempts"] if a["mean_final_val_loss"] is not None)
-            if v["confirmed_steps"]:
-                result = (f"confirmed at {v['confirmed_steps']} steps: {v['confirmed_speedup']:.2f}x in tokens, "
-                          f"{v['confirmed_time_speedup']:.2f}x in time")
-            else:
-                result = ("not confirmed" if tried else
-                          "no record run (its mean curve does not cross the target earlier)")
-            lines.append(f"- {arm}: {result}" + (f" ({tried})" if tried else ""))
+                              + (f"{a['p']:.3g}" if a["p"] is not None else "n/a") + f", in sequence "
+                              f"{a['p_sequence']:.3g}" for a in v["confirmed_attempts"])
+            if v["record_method"] is None:
+                lines.append(f"- {arm}: " + (f"record runs at {', '.join(map(str, v['record_lengths']))} steps did "
+                                             f"not finish on 2 or more seeds with the baseline's reruns"
+                                             if v["record_lengths"] else
+                                             "no record run (its mean curve does not cross the target earlier)"))
+                continue
+            estimate = ("no estimate (the record lengths do not bracket the target)"
+                        if v["record_steps_to_target"] is None else
+                        f"estimate {steps_text(v['record_steps_to_target'], v['record_steps_to_target_ci'])}: "
+                        f"{v['record_speedup']:.2f}x in tokens, {v['record_time_speedup']:.2f}x in time "
+                        f"({v['record_method']})")
+            confirmed = (f"confirmed at {v['confirmed_steps']} steps (at least "
+                         f"{v['confirmed_speedup_lower_bound']:.2f}x in tokens, a lower bound; "
+                         f"{v['confirmed_time_speedup']:.2f}x in time)" if v["confirmed_steps"] else "not confirmed")
+            lines.append(f"- {arm}: {estimate}; {confirmed}; lengths {', '.join(map(str, v['record_lengths']))}; "
+                         f"{v['record_test']}, longest first: {tried}")
         lines += ["", "Fairness audit:", ""]
         lines += [f"- {'PASS' if c['pass'] else 'FAIL'} {c['check']}: {c['detail']}" for c in block["audit"]]
         lines += ["", f"![val loss vs tokens](L{length}_W{width}_val_vs_tokens.png)", ""]
     if len(blocks) > 1:
-        lines += ["## Speedup against size (against each target's baseline)", "",
-                  "| arm | sequence length | width | baseline | parameters | speedup (tokens) [95% CI] "
-                  "| speedup (time) [95% CI] | confirmed (steps) |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["## Speedup against size (against each target's baseline; the targets share data, see the method)",
+                  "", "| arm | sequence length | width | baseline | parameters | speedup (tokens) [95% interval] "
+                  "| speedup (time) [95% interval] | record estimate (steps) | confirmed (steps) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for (length, width), block in blocks.items():
             for arm, v in block["vs_baseline"].items():
                 params = block["arms"][arm]["params"]
                 lines.append(f"| {arm} | {length} | {width} | {block['baseline']} | "
                              f"{fmt_count(params) if params else 'unknown'} | "
-                             f"{ratio(v['tokens_speedup'], v['tokens_speedup_ci'], v['n'])} | "
-                             f"{ratio(v['time_speedup'], v['time_speedup_ci'], v['n'])} | "
-                             + (f"{v['confirmed_speedup']:.2f}x |" if v["confirmed_steps"] else "- |"))
+                             f"{ratio(v, 'tokens')} | {ratio(v, 'time')} | "
+                             + (f"{steps_text(v['record_steps_to_target'], v['record_steps_to_target_ci'])} | "
+                                if v["record_steps_to_target"] else "- | ")
+                             + (f"{v['confirmed_steps']} |" if v["confirmed_steps"] else "- |"))
         lines.append("")
     lines += ["![speedup vs parameters](speedup_vs_params.png)", "", "![lr search](lr_search.png)", ""]
     return "\n".join(lines)
@@ -178,7 +238,7 @@ def plots(plan, results, found, blocks, chosen):
             f = found[(arm, length)]
             lines = []
             for w in sorted(set(plan.proxies + plan.widths)):
-                points = [(plan.lr(arm, k), *res) for (a, L, ww, k, s, n), res in results.items()
+                points = [(plan.lr(arm, k), res.status, res.loss) for (a, L, ww, k, s, n), res in results.items()
                           if (a, L, ww, s, n) == (arm, length, w, 0, plan.steps)]
                 pick = f.bests.get(w, f.chosen.get(w))
                 lines.append((f"width {w}" + (" (target)" if w in plan.widths else ""), points,
@@ -205,7 +265,7 @@ def plots(plan, results, found, blocks, chosen):
         ax.axhline(1.0, color="gray", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set(xlabel="parameters", ylabel=f"speedup in {axis} vs the strongest baseline",
-               title=f"speedup in {'train_time' if axis == 'time' else 'tokens'} (95% jackknife-t)")
+               title=f"speedup in {'train_time' if axis == 'time' else 'tokens'} (95% {stats.INVERSION})")
         ax.grid(alpha=0.3)
         if i:
             ax.legend(fontsize=8)
@@ -225,22 +285,28 @@ def write_search(plan, results, stages):
     with open(path, "w") as f:
         f.write("arm\tsequence_length\twidth\tlr\tseed\tval_loss\tlog\tstage\n")
         for run in sorted(r for r in results if stages[r] & tuning):
-            status, loss = results[run]
+            status, loss = results[run].status, results[run].loss
             value = f"{loss:.4f}" if status == "ok" else status
             f.write(f"{run.arm}\t{run.length}\t{run.width}\t{plan.lr(run.arm, run.k):.4g}\t{run.seed}\t{value}\t"
                     f"logs/{plan.run_id(run)}.txt\t{'+'.join(sorted(stages[run] & tuning))}\n")
     return path
 
 
-def verdict_json(plan, blocks, head, reasons, command_line):
+def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation):
     """verdict.json's content: one target's block at the top level, several keyed by length and width."""
     out = {"valid": not reasons, "invalid_reasons": reasons, "headline": head if not reasons else
            "NO VERDICT: the audit failed (invalid_reasons); provisional: " + head,
            "command": command_line, "baselines": plan.baselines, "seeds": plan.seeds,
            "seeds_used": {"choose": list(plan.choose_seeds), "evaluate": list(plan.eval_seeds),
                           "record": list(plan.record_seeds)},
-           "method": {"interval": f"95% {stats.METHOD}", "p_value": "Welch's t-test on final val losses (two-sided)",
-                      "record": f"one-sided Welch t-test, p < {plan.RECORD_P}", "time": method_text(plan)},
+           "method": {"interval": f"95% {stats.INVERSION}, coverage measured on this verdict's own noise "
+                                  f"({stats.DRAWS} draws), the level raised below {stats.FLOOR}",
+                      "p_value": "Welch's t-test on final val losses (two-sided)",
+                      "record": f"lengths {plan.SHORTER:g}x, 1x, {plan.LONGER:g}x the crossing fixed in advance, "
+                                f"tested longest first at p < {plan.RECORD_P} (fixed sequence), paired where both "
+                                f"arms read a seed's data order; estimate by test inversion over log steps",
+                      "time": method_text(plan, overlap, correlation)},
+           "overlap": overlap, "targets_correlation": correlation,
            "sequence_lengths": plan.lengths, "widths": plan.widths, "proxy_widths": plan.proxies}
     if len(blocks) == 1:
         out.update(next(iter(blocks.values())))
@@ -250,14 +316,14 @@ def verdict_json(plan, blocks, head, reasons, command_line):
     return out
 
 
-def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line):
+def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap, correlation):
     """Every file of the verdict in plan.out; returns the paths of search.tsv and the plots."""
     paths = [write_search(plan, results, stages)]
     paths += plots(plan, results, found, blocks, chosen)
     with open(os.path.join(plan.out, "verdict.json"), "w") as f:
-        json.dump(verdict_json(plan, blocks, head, reasons, command_line), f, indent=1)
+        json.dump(verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation), f, indent=1)
     with open(os.path.join(plan.out, "verdict.md"), "w") as f:
-        f.write(markdown(plan, blocks, head, reasons, command_line))
+        f.write(markdown(plan, blocks, head, reasons, command_line, overlap, correlation))
     return paths
 
 

@@ -5,6 +5,8 @@ parser; fair.py's protocols driven stage by stage over them.
 Each run writes its script's log <log_dir>/<run_id>.txt and its console <log_dir>/<run_id>.out, which ends with an
 exit:<code> line once the process has ended. So a run whose log stops early and whose console has no exit line
 was killed (it continues with --resume=auto), and one with a non-zero exit that is not a non-finite loss crashed.
+The console also holds a started: and an ended: line (wall-clock seconds) for each time the run was trained, so
+which runs ran beside which can be measured from the folder alone, after a restart too.
 """
 import ctypes
 import math
@@ -23,6 +25,7 @@ from tune import curves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_PREFIX = "exit:"
+START_PREFIX, END_PREFIX = "started:", "ended:"  # wall-clock seconds (time.time()) in the console, for the overlap
 FINAL = ("ok", "diverged", "crashed")  # outcomes read back; killed runs continue
 
 
@@ -69,6 +72,19 @@ def outcome(log_dir, name):
     return Outcome("killed", math.nan)
 
 
+def spans(log_dir, name):
+    """[(start, end)] wall-clock seconds of each time run `name` was trained to its end (its console's started: and
+    ended: lines); a start without an end (killed, or finished after the tool died) is left out."""
+    out, start = [], None
+    for line in read(os.path.join(log_dir, name + ".out")).splitlines():
+        if line.startswith(START_PREFIX):
+            start = float(line[len(START_PREFIX):])
+        elif line.startswith(END_PREFIX) and start is not None:
+            out.append((start, float(line[len(END_PREFIX):])))
+            start = None
+    return out
+
+
 def end_with_parent():
     """In a run's process, before it starts: SIGTERM when the tool that started it dies, even by SIGKILL (Linux's
     PR_SET_PDEATHSIG), so it saves and exits as on Pool.stop and never trains on beside the same run started again."""
@@ -92,6 +108,8 @@ class Pool:
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         console = open(console_path, "a")
+        console.write(f"{START_PREFIX}{time.time():.3f}\n")
+        console.flush()
         proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 preexec_fn=end_with_parent if sys.platform == "linux" else None)
         self.running[proc] = (slot, key, console)
@@ -106,7 +124,7 @@ class Pool:
         keys = []
         for proc in ended:
             _, key, console = self.running.pop(proc)
-            console.write(f"\n{EXIT_PREFIX}{proc.returncode}\n")
+            console.write(f"\n{END_PREFIX}{time.time():.3f}\n{EXIT_PREFIX}{proc.returncode}\n")
             console.close()
             keys.append(key)
         return keys
@@ -121,17 +139,34 @@ class Pool:
         self.running = {}
 
 
-def lockstep(protocols):
-    """Runs generators of (stage, runs) side by side: each round yields every live one's next runs, interleaved
-    (one of each arm in turn), so no arm's runs cluster in one period of machine load."""
-    live = {}
-    for g in protocols:
-        live[g] = next(g, None)
-    while any(live.values()):
-        batches = [(stage, runs) for stage, runs in filter(None, live.values())]
+def pick(queue, going, cap):
+    """The index of the next queued run to start, or None to leave the slot free: the first run of the arm with the
+    fewest runs going, among arms with fewer than `cap` going (cap = slots / arms, rounded up), so a run sits beside
+    its own arm no more often than beside another; with nothing going, the first run."""
+    if not going:
+        return 0 if queue else None
+    counts = {}
+    for run in going:
+        counts[run.arm] = counts.get(run.arm, 0) + 1
+    allowed = [i for i, run in enumerate(queue) if counts.get(run.arm, 0) < cap]
+    return min(allowed, key=lambda i: (counts.get(queue[i].arm, 0), i)) if allowed else None
+
+
+def lockstep(protocols, order=()):
+    """Runs generators of (stage, runs) side by side: each round yields the next runs of every live one whose next
+    stage comes first in `order` (the others wait for it, so every arm's runs of a stage run in the same period and
+    beside each other), interleaved one of each in turn, so no arm's runs cluster in one period of machine load."""
+    live = {g: next(g, None) for g in protocols}
+    live = {g: step for g, step in live.items() if step}
+    while live:
+        rank = {g: order.index(stage) if stage in order else 0 for g, (stage, _) in live.items()}
+        ready = [g for g in live if rank[g] == min(rank.values())]
+        batches = [live[g] for g in ready]
         yield [(stage, runs[i]) for i in range(max(len(r) for _, r in batches)) for stage, runs in batches
                if i < len(runs)]
-        live = {g: next(g, None) for g, step in live.items() if step}
+        for g in ready:
+            live[g] = next(g, None)
+        live = {g: step for g, step in live.items() if step}
 
 
 def drive(plan, protocols, results, planned):
@@ -140,6 +175,7 @@ def drive(plan, protocols, results, planned):
     (read back from plan.logs when a finished log is there, else trained). Returns {run: set of stage names}."""
     gpus = torch.cuda.device_count()
     pool = Pool(plan.parallel or max(1, gpus), gpus)
+    cap = math.ceil(pool.slots / len(plan.arms))
     stages, queue, waiting, started = {}, [], {}, {}
     bar = tqdm(total=planned, desc="fair", unit="run")
     counts = dict(read_back=0, trained=0)
@@ -175,7 +211,10 @@ def drive(plan, protocols, results, planned):
             bar.total = max(bar.total, len(results) + len(queue) + len(started))
             bar.refresh()
             while queue and pool.free():
-                run = queue.pop(0)
+                i = pick(queue, list(started), cap)
+                if i is None:
+                    break
+                run = queue.pop(i)
                 started[run] = time.time()
                 pool.start(run, plan.command(run), os.path.join(plan.logs, plan.run_id(run) + ".out"))
             if not pool.running:
