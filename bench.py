@@ -22,6 +22,7 @@ import torch
 import kernels
 import train_gpt2
 import train_ngpt2
+from optim import build_optimizers, optimizer_step
 from tune import memory
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -170,32 +171,29 @@ def model_argv(size, quick):
 
 
 def prepare(module, argv, backend):
-    """(hp, model, the model to call: torch.compile'd with `backend` unless it is "", AdamW as the scripts make it).
-    "inductor" is torch.compile's default, as the scripts call it."""
+    """(hp, model, the model to call: torch.compile'd with `backend` unless it is "", the optimizers as the scripts
+    make them). "inductor" is torch.compile's default, as the scripts call it."""
     hp = module.parse_args(argv)
     torch.manual_seed(hp.seed)
     with torch.device(DEVICE):
         model = module.GPT(hp)
-    optimizer = torch.optim.AdamW(model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=CUDA)
+    optimizers = build_optimizers(model, hp, fused=CUDA)
     run = model
     if backend:
         run = torch.compile(model, backend=backend)
-    return hp, model, run, optimizer
+    return hp, model, run, optimizers
 
 
 def autocast():
     return torch.autocast("cuda" if CUDA else "cpu", dtype=torch.bfloat16, enabled=CUDA)
 
 
-def train_step(hp, model, run, optimizer, x, y):
-    """One optimizer step as the scripts take it: bf16 autocast on CUDA, backward, clip, AdamW, post_step."""
+def train_step(hp, model, run, optimizers, x, y):
+    """One optimizer step as the scripts take it: bf16 autocast on CUDA, backward, then optim.optimizer_step."""
     with autocast():
         loss = run(x, y)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.post_step()
+    optimizer_step(model, optimizers, 1.0, hp.grad_clip)
     sync()
     return loss
 
@@ -217,16 +215,16 @@ class Step(NamedTuple):
 def step_time(name, prepared, label, args):
     """Median ms of one optimizer step at hp's device batch (after 3 warm-up steps), its MFU and peak memory; emits a
     step: line."""
-    hp, model, run, optimizer = prepared
+    hp, model, run, optimizers = prepared
     x, y = torch.randint(hp.vocab_size, (2, hp.device_batch_size, hp.sequence_length), device=DEVICE).unbind(0)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     for _ in range(3):  # compilation (unless done already) and allocator warm-up
-        train_step(hp, model, run, optimizer, x, y)
+        train_step(hp, model, run, optimizers, x, y)
     times = []
     for _ in range(args.step_reps):
         t0 = time.perf_counter()
-        train_step(hp, model, run, optimizer, x, y)
+        train_step(hp, model, run, optimizers, x, y)
         times.append(1000 * (time.perf_counter() - t0))
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() if CUDA else 0

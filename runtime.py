@@ -175,13 +175,14 @@ def wrap_model(model, use_compile, fsdp, local_rank, on_cuda):
         model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
     return model
 
-def compile_warmup(forward_backward, optimizer, loader):
+def compile_warmup(forward_backward, optimizers, loader):
     """Compiles before the clock starts: two steps' forward and backward, no optimizer step, the loader put back."""
     t0 = time.perf_counter()
     loader_state = loader.state()
     for _ in range(2):
         forward_backward()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
     loader.load_state(loader_state)
     print0(f"compile_warmup:{1000 * (time.perf_counter() - t0):.0f}ms (not counted in train_time)")
 
@@ -277,7 +278,7 @@ def close_run(on_cuda):
 
 # ---------------------------------------------------------------------------- checkpoints
 # One format for one process, DDP and FSDP: a torch.distributed.checkpoint directory per saved step,
-# <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizer (any process count and mode reads it) and
+# <log_dir>/<run_id>_step<N>.dcp, holding the model and optimizers (any process count and mode reads it) and
 # train_state.pt (step, loader position, train time, RNG, hyperparameters), written last.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP on one process: a mode we use
 
@@ -345,12 +346,12 @@ def put_in_place(path):
     fsync(os.path.dirname(os.path.abspath(path)))
     shutil.rmtree(f"{path}.old", ignore_errors=True)
 
-def save_run(hp, step, model, optimizer, state, master, why):
-    """The checkpoint of step: saved (model, optimizer and the train state) unless state is None (it is on disk
+def save_run(hp, step, model, optimizers, state, master, why):
+    """The checkpoint of step: saved (model, optimizers' state and the train state) unless state is None (it is on disk
     already); then, unless --keep_checkpoints=1, the run's other checkpoints go. Returns its path."""
     path = checkpoint_dir(hp, step)
     if state is not None:
-        model_state, optimizer_state = get_state_dict(model, optimizer)
+        model_state, optimizer_state = get_state_dict(model, optimizers)
         save_checkpoint(path, dict(model=model_state, optimizer=optimizer_state), state, master)
     if master and not hp.keep_checkpoints:  # the newest complete one stays
         for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
@@ -359,9 +360,9 @@ def save_run(hp, step, model, optimizer, state, master, why):
     print0(f"checkpoint:{path} step:{step} reason:{why}")
     return path
 
-def load_checkpoint(path, model, optimizer, loader, hp):
+def load_checkpoint(path, model, optimizers, loader, hp):
     """A checkpoint's weights, optimizer moments, loader position and RNG state, resharded to this run's processes
-    and mode; the optimizer's settings (learning rates, weight decay, betas) stay this command line's. Returns the
+    and mode; the optimizers' settings (learning rates, weight decay, betas) stay this command line's. Returns the
     train state."""
     if not os.path.isfile(os.path.join(path, "train_state.pt")):
         sys.exit(f"error: --resume={path}: not a complete checkpoint (a <run_id>_step<N>.dcp directory holding "
@@ -370,8 +371,13 @@ def load_checkpoint(path, model, optimizer, loader, hp):
     if "averaged_from" in state or "train_time_ms" not in state:
         sys.exit(f"error: --resume={path} holds weights only (an averaged checkpoint) or comes from an older version "
                  f"of this script: evaluate it with evals/; resume from one of the run's own checkpoints")
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    model_state, optimizer_state = get_state_dict(model, optimizer)
+    saved_optimizer = state["hyperparameters"].get("optimizer", "adamw")
+    if saved_optimizer != hp.optimizer:  # one optimizer's moments are no state for the other
+        sys.exit(f"error: --resume={path} was trained with --optimizer={saved_optimizer}, this run has --optimizer="
+                 f"{hp.optimizer}; resume with --optimizer={saved_optimizer}, or start a new run without --resume")
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in groups]
+    model_state, optimizer_state = get_state_dict(model, optimizers)
     pieces = dict(model=model_state, optimizer=optimizer_state)
     try:
         dcp.load(pieces, checkpoint_id=path, no_dist=not dist.is_initialized())
@@ -379,8 +385,8 @@ def load_checkpoint(path, model, optimizer, loader, hp):
         saved = {k: v for k, v in state["hyperparameters"].items() if getattr(hp, k, None) != v}
         sys.exit(f"error: --resume={path} does not fit this model ({str(err).strip().splitlines()[-1].strip()}); "
                  f"it was saved with {saved}")
-    set_state_dict(model, optimizer, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
-    for group, setting in zip(optimizer.param_groups, settings):
+    set_state_dict(model, optimizers, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
+    for group, setting in zip(groups, settings):
         group.update(setting)  # the checkpoint brings moments and step counts, the command line the settings
     steps = [state["step"]]
     if dist.is_initialized():  # every process must continue from the same step
@@ -394,12 +400,12 @@ def load_checkpoint(path, model, optimizer, loader, hp):
     loader.load_state(state["loader"])
     return state
 
-def resume_run(resume, model, optimizer, loader, hp):
+def resume_run(resume, model, optimizers, loader, hp):
     """(step, train_time_ms, timed_steps, steps already saved) to start from: a fresh start, or the checkpoint
     resume, loaded, with log lines saying where from and which settings the command line changed (they apply)."""
     if not resume:
         return 0, 0.0, 0, set()
-    state = load_checkpoint(resume, model, optimizer, loader, hp)
+    state = load_checkpoint(resume, model, optimizers, loader, hp)
     saved = state["hyperparameters"]
     changes = " ".join(f"{k}:{saved[k]}->{v}" for k, v in dataclasses.asdict(hp).items()
                        if k != "resume" and saved.get(k, v) != v)

@@ -24,7 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint as recompute
 
 import kernels
+import optim
 import runtime
+from optim import build_optimizers, optimizer_step
 from runtime import (build_sharded, catch_signals, close_run, compile_warmup, end_processes, gradient_norm, log_run,
                      open_run, print0, resume_run, save_run, start_processes, stop_if_signalled, train_state,
                      wrap_model)
@@ -63,6 +65,12 @@ class Hyperparameters:
     final_lr_frac: float = 0.0  # learning rate at the last step, as a fraction of the peak
     grad_clip: float = 1.0  # max global gradient norm (0: off)
     mup_base_width: int = 768  # muP base width; n_embd != it rescales init, lr and logits (0: off)
+    # optimizer (optim.py; each model's param_groups() marks the matrices Muon may take)
+    optimizer: str = "adamw"  # "adamw" everywhere, or "muon": Muon on attention and MLP matrices, AdamW on the rest
+    muon_lr_ratio: float = 67.0  # Muon's lr / learning_rate, fixed while a search moves learning_rate (Muon's README)
+    muon_momentum: float = 0.95  # Muon's momentum (torch's and modded-nanogpt's default)
+    muon_nesterov: int = 1  # 1: Nesterov momentum in Muon (torch's and modded-nanogpt's default), 0: plain
+    muon_ns_steps: int = 5  # Newton-Schulz iterations orthogonalizing Muon's update (torch's and modded-nanogpt's)
     # model (the lines below differ between train_gpt2.py and train_ngpt2.py)
     vocab_size: int = 50304  # embedding rows: GPT-2's 50257 padded to a multiple of 128
     n_layer: int = 12  # transformer blocks
@@ -93,7 +101,8 @@ def parse_args(argv):
     hp = runtime.parse_flags(Hyperparameters, argv, PRESETS, SHAPE)
     checks = {"schedule": ("wsd", "cosine"), "cooldown_shape": ("linear", "1-sqrt"), "kernels": ("", "triton", "torch"),
               "param_dtype": ("float32", "bfloat16"), "compile": ("", "0", "1"), "device": ("", "cuda", "cpu"),
-              "fsdp": (0, 1), "activation_checkpointing": (0, 1)}
+              "fsdp": (0, 1), "activation_checkpointing": (0, 1), "optimizer": ("adamw", "muon"),
+              "muon_nesterov": (0, 1)}
     for name, allowed in checks.items():
         if getattr(hp, name) not in allowed:
             sys.exit(f"error: --{name} must be one of {allowed}, got {getattr(hp, name)!r}")
@@ -240,7 +249,9 @@ class GPT(nn.Module):
           step of lr moves their effective value by ~lr * sqrt(d) relative to its init.
         - s_u and s_v, lr: stored at scale 1, so a step moves their effective value by ~lr at any width.
         Weight decay (none by default) on matrices only. At the base width every group has lr. Init and logit
-        size need no rule: weights are unit vectors and logits are cosines times s_z at any width."""
+        size need no rule: weights are unit vectors and logits are cosines times s_z at any width. The hidden
+        matrices are marked muon=True: --optimizer=muon gives them to Muon (optim.py), post_step still renormalizes
+        them (MuonH's sphere constraint)."""
         group_of = {id(p): "matrix" if p.ndim == 2 else "scaler" for p in self.parameters()}
         for block in self.blocks:
             group_of.update({id(p): "hidden" for p in block.parameters() if p.ndim == 2})
@@ -251,7 +262,7 @@ class GPT(nn.Module):
         lr = self.hp.learning_rate
         wd = self.hp.weight_decay
         sqrt_m = math.sqrt(self.width_mult)
-        return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd),
+        return [dict(params=groups["hidden"], lr=lr / self.width_mult, weight_decay=wd, muon=True),
                 dict(params=groups["matrix"], lr=lr / sqrt_m, weight_decay=wd),
                 dict(params=groups["scaler"], lr=lr / sqrt_m, weight_decay=0.0),
                 dict(params=groups["unit_scaler"], lr=lr, weight_decay=0.0)]
@@ -488,7 +499,7 @@ def main(argv=None):
     micro_batches = hp.batch_size // (hp.device_batch_size * world)
     compute_bf16 = on_cuda or hp.param_dtype == "bfloat16"  # else fp32 on CPU
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if compute_bf16 else nullcontext()
-    resume = open_run(hp, [__file__, kernels.__file__, runtime.__file__], master, on_cuda)
+    resume = open_run(hp, [__file__, kernels.__file__, runtime.__file__, optim.__file__], master, on_cuda)
     if hp.kernels == "triton":  # no kernel is trusted untested: each against its torch reference, before any step
         kernels.check(device, print0)
 
@@ -499,14 +510,12 @@ def main(argv=None):
     else:
         model = build_model(hp).to(device)
     raw_model = model
-    optimizer = torch.optim.AdamW(raw_model.param_groups(), betas=(0.9, 0.95), eps=1e-8, fused=on_cuda)
-    for group in optimizer.param_groups:
-        group["peak_lr"] = group["lr"]
+    optimizers = build_optimizers(raw_model, hp, fused=on_cuda)
     train_loader = DataLoader(hp.input_bin, hp.device_batch_size, hp.sequence_length, rank, world, hp.vocab_size,
                               hp.data_seed)
     log_run(hp, raw_model.config(), __file__, device, world, micro_batches, use_compile)
     # train time and timed steps continue across a resume; a step is saved once
-    start_step, train_time_ms, timed_steps, saved_steps = resume_run(resume, raw_model, optimizer, train_loader, hp)
+    start_step, train_time_ms, timed_steps, saved_steps = resume_run(resume, raw_model, optimizers, train_loader, hp)
     model = wrap_model(model, use_compile, hp.fsdp, local_rank, on_cuda)
     catch_signals()
 
@@ -514,13 +523,13 @@ def main(argv=None):
         state = None if step in saved_steps else train_state(step, loader_state, hp, train_time_ms, timed_steps,
                                                              __file__)
         saved_steps.add(step)
-        return save_run(hp, step, raw_model, optimizer, state, master, why)
+        return save_run(hp, step, raw_model, optimizers, state, master, why)
 
     # ------------------------------------------------------------------------ training
     try:
         if use_compile:
-            compile_warmup(lambda: forward_backward(model, train_loader, micro_batches, autocast, device), optimizer,
-                           train_loader)
+            compile_warmup(lambda: forward_backward(model, train_loader, micro_batches, autocast, device),
+                           optimizers, train_loader)
         epoch = train_loader.epoch
         for step in range(start_step, hp.num_iterations + 1):
             last_step = step == hp.num_iterations
@@ -538,8 +547,6 @@ def main(argv=None):
 
             t0 = time.perf_counter()
             loader_state = train_loader.state()
-            for group in optimizer.param_groups:
-                group["lr"] = group["peak_lr"] * lr_multiplier(step, hp)
             loss = forward_backward(model, train_loader, micro_batches, autocast, device)
             grad_norm = gradient_norm(raw_model)
             train_loss, norm = torch.stack([loss, grad_norm.float()]).tolist()  # one device sync for both
@@ -549,11 +556,7 @@ def main(argv=None):
                        f"last good state is in {path}. Lower --learning_rate or --grad_clip and continue with "
                        f"--resume={path}: the new values apply")
                 sys.exit(1)
-            if hp.grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(raw_model.parameters(), hp.grad_clip, grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            raw_model.post_step()
+            optimizer_step(raw_model, optimizers, lr_multiplier(step, hp), hp.grad_clip, grad_norm)
             if on_cuda:
                 torch.cuda.synchronize()
             train_time_ms += 1000 * (time.perf_counter() - t0)

@@ -43,6 +43,7 @@ import torch
 import bench
 import kernels
 import train_gpt2
+from optim import optimizer_step
 from tune import memory
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -86,7 +87,7 @@ def stage_compile(args, name):
     """One compiled training step at the default shape against eager --kernels=torch on the same weights and batch,
     then the eval graph."""
     module = SCRIPTS[name]
-    hp, model, run, optimizer = bench.prepare(module, default_argv(args), args.backend)
+    hp, model, run, optimizers = bench.prepare(module, default_argv(args), args.backend)
     x, y = torch.randint(hp.vocab_size, (2, hp.device_batch_size, hp.sequence_length), device=DEVICE).unbind(0)
     with torch.device(DEVICE):
         reference = module.GPT(dataclasses.replace(hp, kernels="torch"))
@@ -112,13 +113,10 @@ def stage_compile(args, name):
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
     grad_err = max(((p.grad.cpu() - r).norm() / (r.norm() + 1e-6)).item()
                    for p, r in zip(model.parameters(), ref_grads))
-    torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)  # the rest of the step, as the scripts take it
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.post_step()
+    optimizer_step(model, optimizers, 1.0, hp.grad_clip)  # the rest of the step, as the scripts take it
     bench.sync()
     peak = "n/a"
-    if CUDA:  # weights, gradients and activations; AdamW's state arrives after them, in the optimizer step
+    if CUDA:  # weights, gradients and activations; the optimizer's state arrives after them, in its step
         peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
     estimate = memory.estimate(module, hp if CUDA else dataclasses.replace(hp, device="cpu"), 1)["total"]
     model.eval()  # the graph the scripts' validation passes compile: no grad, eval mode

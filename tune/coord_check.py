@@ -4,15 +4,16 @@ see whether what each layer computes, and how much it moved, stays the same acro
 
 python -m tune.coord_check                                # gpt2 and ngpt2, widths 64..512, about a minute on CPU
 python -m tune.coord_check --scripts ngpt2 --widths 64 128 --steps 5 --lr 3e-3
+python -m tune.coord_check --optimizer muon --lr 1e-3    # Muon on the hidden matrices (lr x --muon_lr_ratio)
 
-Each model is built by its script (parse_args, GPT, param_groups, post_step), trained with AdamW (the scripts'
-betas, eps and grad clip) at a constant lr on random Zipf tokens, the same for every width, then measured on a
-fixed probe batch against its own state at init:
+Each model is built by its script (parse_args, GPT, param_groups, post_step), trained as the scripts train it
+(optim.py: AdamW, or with --optimizer muon Muon on the hidden matrices; the grad clip) at a constant lr on random
+Zipf tokens, the same for every width, then measured on a fixed probe batch against its own state at init:
   embed, block i: rms = the coordinates' root mean square, change = |x - x_init| / |x_init| per token (relative:
                   nGPT's hidden states are unit vectors, so their rms is 1/sqrt(width) by construction)
   logits:         rms and change = mean |z - z_init|, the absolute change that the softmax sees
 Lines flat across width mean the parametrization transfers. A table goes to the console (key:value lines, grep-able),
-a plot per model to img/coord_check_<script>.png.
+a plot per model to img/coord_check_<script>.png (with Muon: coord_check_<script>_muon.png).
 """
 import argparse
 import os
@@ -24,6 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import train_gpt2
 import train_ngpt2
+from optim import build_optimizers, optimizer_step
 
 SCRIPTS = {"gpt2": train_gpt2, "ngpt2": train_ngpt2}
 
@@ -38,6 +40,7 @@ def parse(argv):
     ap.add_argument("--vocab_size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-2, help="the scripts' --learning_rate (no schedule)")
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"], help="the scripts' --optimizer")
     ap.add_argument("--batch", type=int, default=8, help="sequences per step")
     ap.add_argument("--seq", type=int, default=64, help="tokens per sequence")
     ap.add_argument("--seeds", type=int, default=2, help="results are the mean over this many seeds")
@@ -83,20 +86,16 @@ def measure(module, width, args, seed):
     hp = module.parse_args([f"--n_embd={width}", f"--n_head={width // args.head_dim}", f"--n_layer={args.n_layer}",
                             f"--vocab_size={args.vocab_size}", f"--mup_base_width={args.base_width}",
                             f"--learning_rate={args.lr}", f"--sequence_length={args.seq}", "--kernels=torch",
-                            "--device=cpu", "--warmup_iters=0", "--warmdown_iters=0"])
+                            "--device=cpu", "--warmup_iters=0", "--warmdown_iters=0", f"--optimizer={args.optimizer}"])
     torch.manual_seed(seed)
     model = module.GPT(hp)
-    optimizer = torch.optim.AdamW(model.param_groups(), betas=(0.9, 0.95), eps=1e-8)
+    optimizers = build_optimizers(model, hp)
     batches = zipf_batches(args, seed)
     probe = batches[-1][0]
     init = activations(model, probe)
     for x, y in batches[:-1]:
         model(x, y).backward()
-        if hp.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.post_step()
+        optimizer_step(model, optimizers, 1.0, hp.grad_clip)
     now = activations(model, probe)
     result = {}
     for name, x in now.items():
@@ -126,7 +125,7 @@ def spread(table, key, index):
     return max(values) / min(values)
 
 
-def plot(name, table, path):
+def plot(name, optimizer, table, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,7 +145,7 @@ def plot(name, table, path):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"coordinate check: train_{name}.py (flat across width = muP transfers)")
+    fig.suptitle(f"coordinate check: train_{name}.py, {optimizer} (flat across width = muP transfers)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -157,19 +156,20 @@ def main(argv=None):
     from tqdm import tqdm
     for name in tqdm(args.scripts, desc="models"):
         table = coord_check(name, args)
-        print(f"\ntrain_{name}.py: {args.steps} AdamW steps at lr {args.lr:g}, base width {args.base_width}, "
-              f"mean of {args.seeds} seeds")
+        print(f"\ntrain_{name}.py: {args.steps} {args.optimizer} steps at lr {args.lr:g}, base width "
+              f"{args.base_width}, mean of {args.seeds} seeds")
         for width, row in table.items():
-            print(f"model:{name} width:{width} " + " ".join(f"{key}_rms:{rms:.4f} {key}_change:{change:.4f}"
-                                                             for key, (rms, change) in row.items()))
+            print(f"model:{name} optimizer:{args.optimizer} width:{width} " + " ".join(
+                f"{key}_rms:{rms:.4f} {key}_change:{change:.4f}" for key, (rms, change) in row.items()))
         last = f"block{args.n_layer - 1}"
-        print(f"model:{name} spread_logits_change:{spread(table, 'logits', 1):.2f} "
+        print(f"model:{name} optimizer:{args.optimizer} spread_logits_change:{spread(table, 'logits', 1):.2f} "
               f"spread_logits_rms:{spread(table, 'logits', 0):.2f} spread_{last}_change:{spread(table, last, 1):.2f} "
               f"(max/min over widths; 1 = flat)")
         if args.out_dir:
             os.makedirs(args.out_dir, exist_ok=True)
-            path = os.path.join(args.out_dir, f"coord_check_{name}.png")
-            plot(name, table, path)
+            suffix = "" if args.optimizer == "adamw" else f"_{args.optimizer}"
+            path = os.path.join(args.out_dir, f"coord_check_{name}{suffix}.png")
+            plot(name, args.optimizer, table, path)
             print(f"plot: {path}")
 
 
