@@ -109,7 +109,7 @@ def parse_args(argv):
     return hp
 
 # ============================================================================ model
-from kernels import add_norm, norm_scale  # fused Triton kernels, or their plain-torch references
+from kernels import add_norm, chunked_cross_entropy, norm_scale  # fused Triton kernels, or plain torch
 
 class Rotary(nn.Module):
     """Rotary position embedding over (batch, time, head, head_dim) tensors."""
@@ -196,16 +196,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, hp):
         super().__init__()
-        self.norm1 = RMSNorm(hp.n_embd, hp.kernels)
         self.attn = CausalSelfAttention(hp)
         self.norm2 = RMSNorm(hp.n_embd, hp.kernels)
         self.mlp = MLP(hp)
+        self.norm_out = RMSNorm(hp.n_embd, hp.kernels)  # the next block's input norm, or the final norm
 
-    def forward(self, x, y, next_norm):
-        """x: the residual stream, y = norm1(x). Returns the new stream and next_norm of it (the next block's
-        norm1 or the final norm): each residual add runs fused with the norm that reads its result."""
+    def forward(self, x, y):
+        """x: the residual stream, y its norm. Returns the new stream and norm_out of it: each residual add runs
+        fused with the norm that reads its result, and that norm is the block's own (one FSDP unit per block)."""
         x, y = self.norm2.add(x, self.attn(y))
-        return next_norm.add(x, self.mlp(y))
+        return self.norm_out.add(x, self.mlp(y))
 
 class GPT(nn.Module):
     def __init__(self, hp):
@@ -213,8 +213,8 @@ class GPT(nn.Module):
         self.hp = hp
         self.width_mult = hp.n_embd / hp.mup_base_width if hp.mup_base_width else 1.0
         self.embed = nn.Embedding(hp.vocab_size, hp.n_embd)
+        self.norm_in = RMSNorm(hp.n_embd, hp.kernels)  # the first block's input norm
         self.blocks = nn.ModuleList([Block(hp) for _ in range(hp.n_layer)])
-        self.final_norm = RMSNorm(hp.n_embd, hp.kernels)
         self.lm_head = nn.Linear(hp.n_embd, hp.vocab_size, bias=False)
         std = 0.02
         nn.init.normal_(self.embed.weight, std=std)
@@ -229,14 +229,16 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None):
         """Mean cross-entropy over targets; without targets, the logits (batch, time, vocab)."""
         x = self.embed(idx)
-        y = self.blocks[0].norm1(x)
-        next_norms = [block.norm1 for block in self.blocks[1:]] + [self.final_norm]
-        for block, next_norm in zip(self.blocks, next_norms):
-            x, y = block(x, y, next_norm)
-        logits = self.lm_head(y) / self.width_mult  # y = final_norm(x); muP output multiplier
+        y = self.norm_in(x)
+        for block in self.blocks:
+            x, y = block(x, y)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            return self.head(y)  # y: the last block's norm_out(x), the final norm
+        return chunked_cross_entropy(self.head, y, targets, self.hp.vocab_size)
+
+    def head(self, y):
+        """The logits of the final norm's output."""
+        return self.lm_head(y) / self.width_mult  # muP output multiplier
 
     def param_groups(self):
         """AdamW groups: weight decay on matrices only; muP divides hidden matrices' lr by the width ratio."""

@@ -112,7 +112,7 @@ def parse_args(argv):
 
 # ============================================================================ model
 from torch.distributed.tensor import DTensor
-from kernels import norm_rows_, norm_scale, residual_update  # Triton kernels or plain torch
+from kernels import chunked_cross_entropy, norm_rows_, norm_scale, residual_update  # Triton kernels or plain torch
 
 class Rotary(nn.Module):
     """Rotary position embedding over (batch, time, head, head_dim) tensors."""
@@ -222,11 +222,14 @@ class GPT(nn.Module):
         h = self.embed(idx)  # embeddings are unit rows, so h starts on the sphere
         for block in self.blocks:
             h = block(h)
-        logits = self.lm_head(h)
-        logits = logits * self.s_z().to(logits.dtype)  # eq. 3: z = E_output h * s_z; no final norm
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            return self.head(h)
+        return chunked_cross_entropy(self.head, h, targets, self.hp.vocab_size)
+
+    def head(self, h):
+        """The logits of the last block's output."""
+        logits = self.lm_head(h)
+        return logits * self.s_z().to(logits.dtype)  # eq. 3: z = E_output h * s_z; no final norm
 
     def param_groups(self):
         """AdamW groups and the muP rule, all in one place. m = n_embd / mup_base_width. Adam moves every entry of

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+import kernels
 import train_gpt2
 import train_ngpt2
 from conftest import write_shard
@@ -126,6 +127,28 @@ def test_mup_at_base_width_equals_standard_parametrization(name):
     if name == "gpt2":  # hidden init std shrinks by sqrt(2); embeddings keep theirs
         std = wide.blocks[0].attn.qkv.weight.std().item()
         assert abs(std - 0.02 / math.sqrt(2)) < 0.001, std
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_chunked_loss_equals_the_full_logits_loss_and_gradient_and_keeps_no_logits(name, monkeypatch):
+    module = SCRIPTS[name]
+    torch.manual_seed(0)
+    vocab = 384  # no other width of the model: a saved tensor of this width holds logits
+    model = module.GPT(hp_for(module, "--mup_base_width=32", f"--vocab_size={vocab}"))  # GPT-2 divides logits by 2
+    idx, targets = torch.randint(0, vocab, (2, 4, 32))
+    full = torch.nn.functional.cross_entropy(model(idx).float().flatten(0, 1), targets.flatten())
+    full_grads = torch.autograd.grad(full, list(model.parameters()))
+    assert model(idx, targets).item() == full.item()  # 128 rows: one chunk, the same computation
+    monkeypatch.setattr(kernels, "LOSS_CHUNK", 10 * vocab)  # 10 rows a chunk: 13 chunks, the last of 8 rows
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        chunked = model(idx, targets)
+    logits = [shape for shape in saved if shape[-1] == vocab and shape.numel() > vocab]
+    assert not logits, logits  # no chunk's logits kept for the backward pass, let alone all rows'
+    grads = torch.autograd.grad(chunked, list(model.parameters()))
+    assert abs(chunked.item() - full.item()) < 1e-6, (chunked.item(), full.item())
+    for (param, _), a, b in zip(model.named_parameters(), grads, full_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8), (param, (a - b).abs().max())
 
 
 # ---------------------------------------------------------------------------- schedules
