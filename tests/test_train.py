@@ -363,6 +363,32 @@ def test_non_finite_loss_or_gradient_stops_with_the_last_good_state(what, data, 
     assert all(torch.isfinite(w).all() for w in weights.values())  # saved before the optimizer took a NaN step
 
 
+def test_one_host_sync_per_steady_state_step(data, tmp_path, monkeypatch):
+    """The scripts' own reads of device values (torch's CPU-side ones, like AdamW's step count, are not syncs on a
+    GPU) and CUDA synchronizes, between the starts of consecutive steps: the loss, signal and gradient norm, once."""
+    syncs, at_step_start = [], {}
+
+    def counted(name, method):
+        def wrapper(*args, **kwargs):
+            if sys._getframe(1).f_globals["__name__"] in ("train_gpt2", "runtime", "kernels"):
+                syncs.append(name)
+            return method(*args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", counted("synchronize", torch.cuda.synchronize))
+    schedule = train_gpt2.lr_multiplier
+
+    def step_start(step, hp):  # once per parameter group at each step's start, before its forward pass
+        at_step_start.setdefault(step, len(syncs))
+        return schedule(step, hp)
+
+    monkeypatch.setattr(train_gpt2, "lr_multiplier", step_start)
+    train_gpt2.main(TINY + data + ["--num_iterations=8", "--val_loss_every=0", f"--log_dir={tmp_path}"])
+    assert np.diff(list(at_step_start.values())).tolist() == [1] * 7 and "tolist" in syncs, (at_step_start, syncs)
+
+
 def test_out_of_memory_names_the_flags_to_change(data, tmp_path, monkeypatch):
     def out_of_memory(self, idx, targets=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
