@@ -229,16 +229,16 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None):
         """Mean cross-entropy over targets; without targets, the logits (batch, time, vocab)."""
         x = self.embed(idx)
-        y = self.norm_in(x)
+        h = self.norm_in(x)
         for block in self.blocks:
-            x, y = block(x, y)
+            x, h = block(x, h)  # h: norm_out(x), the last block's the final norm
         if targets is None:
-            return self.head(y)  # y: the last block's norm_out(x), the final norm
-        return chunked_cross_entropy(self.head, y, targets, self.hp.vocab_size)
+            return self.head(h)
+        return chunked_cross_entropy(self.head, h, targets, self.hp.vocab_size)
 
-    def head(self, y):
-        """The logits of the final norm's output."""
-        return self.lm_head(y) / self.width_mult  # muP output multiplier
+    def head(self, h):
+        """The logits of the hidden states the blocks end with."""
+        return self.lm_head(h) / self.width_mult  # muP output multiplier
 
     def param_groups(self):
         """AdamW groups: weight decay on matrices only; muP divides hidden matrices' lr by the width ratio."""

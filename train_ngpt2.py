@@ -227,7 +227,7 @@ class GPT(nn.Module):
         return chunked_cross_entropy(self.head, h, targets, self.hp.vocab_size)
 
     def head(self, h):
-        """The logits of the last block's output."""
+        """The logits of the hidden states the blocks end with."""
         logits = self.lm_head(h)
         return logits * self.s_z().to(logits.dtype)  # eq. 3: z = E_output h * s_z; no final norm
 
