@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -149,12 +149,16 @@ def stop_if_signalled(device, step, save):
 def shard_model(model):
     """FSDP2: each block is a unit, gathered for its forward and backward and freed after; the embedding, the head
     and the vectors outside the blocks stay with the root. Weights are gathered as stored (under bf16 autocast a
-    Linear casts its fp32 weight as DDP's does, so both compute alike; --param_dtype=bfloat16 stores matrices, and so
-    gathers them, in bf16) and gradients reduced in fp32."""
+    Linear casts its fp32 weight as DDP's does, so both compute alike) and gradients reduced in fp32. FSDP2 wants
+    one dtype a unit: with --param_dtype=bfloat16 each matrix is its own unit inside its block's (or the root's),
+    gathered in bf16, and a compiled block then breaks its graph at their gathers."""
     policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
-    for block in model.blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    for unit in [*model.blocks, model]:
+        if len({p.dtype for p in unit.parameters()}) > 1:
+            for module in unit.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)) and not isinstance(module, FSDPModule):
+                    fully_shard(module, mp_policy=policy)
+        fully_shard(unit, mp_policy=policy)
 
 def build_sharded(build, master, device, seed):
     """The FSDP2 model build() makes, without a full copy per process (host memory: a 13b model is ~53 GB in fp32):

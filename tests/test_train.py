@@ -149,6 +149,9 @@ def test_chunked_loss_equals_the_full_logits_loss_and_gradient_and_keeps_no_logi
     assert abs(chunked.item() - full.item()) < 1e-6, (chunked.item(), full.item())
     for (param, _), a, b in zip(model.named_parameters(), grads, full_grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-8), (param, (a - b).abs().max())
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(idx, targets)  # the chunks' checkpoints compile into the model's graph
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
 # ---------------------------------------------------------------------------- schedules
