@@ -15,6 +15,8 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 try:
     import triton
@@ -439,6 +441,26 @@ def norm_rows_(v, eps, kernels):
     else:
         v.copy_(norm_scale_torch(v, None, eps))
     return v
+
+# ---------------------------------------------------------------------------- the loss (both scripts)
+LOSS_CHUNK = 2**27  # logits per chunk of the loss, 0.5 GiB in fp32: the speedrun's 64 x 1024 x 50304 in 25 chunks
+
+def _chunk_loss(head, h, targets):
+    return F.cross_entropy(head(h).float(), targets, reduction="sum")
+
+def chunked_cross_entropy(head, h, targets, vocab_size):
+    """Mean cross-entropy of the fp32 logits head(h) (rows: h's leading dims) against targets, computed over chunks
+    of rows of at most LOSS_CHUNK logits: a chunk's logits, fp32 copy and log-softmax live only while it is computed,
+    in the forward pass and again in the backward (recomputed under torch.utils.checkpoint), never all rows' at
+    once (at the speedrun's 64 x 1024 tokens: 13 GB of fp32 logits, as much again in log-softmax). Rows that fit
+    in one chunk: F.cross_entropy(head(h).float(), targets) itself."""
+    h, targets = h.flatten(0, -2), targets.flatten()
+    rows = max(1, LOSS_CHUNK // vocab_size)
+    if len(targets) <= rows:
+        return F.cross_entropy(head(h).float(), targets)
+    total = sum(checkpoint(_chunk_loss, head, h_rows, t_rows, use_reentrant=False)
+                for h_rows, t_rows in zip(h.split(rows), targets.split(rows)))
+    return total / len(targets)
 
 # ---------------------------------------------------------------------------- self-check
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 6e-2}  # bf16: a few units in the last place of outputs near 1

@@ -3,6 +3,7 @@ processes and devices, DDP and FSDP2, torch.distributed.checkpoint saves and res
 and the environment report. Imports nothing from the scripts.
 """
 import dataclasses
+import datetime
 import gc
 import glob
 import inspect
@@ -27,11 +28,16 @@ import torch.nn as nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 stop_signal = 0  # the last SIGTERM or SIGINT received; the loop stops at its next check
+# Where the other processes wait for work rank 0 does alone (a 13b model's build on the CPU, a checkpoint's last
+# writes and the removal of older ones): a gloo group with a long timeout, so NCCL's default 10 minutes applies
+# only to collectives that all processes enter together
+SOLO_TIMEOUT = datetime.timedelta(hours=1)
+solo_group = None
 log_file = None  # the run's log, open on rank 0 only
 
 # ---------------------------------------------------------------------------- flags
@@ -91,8 +97,15 @@ def start_processes(device, fsdp):
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if "RANK" in os.environ:
+        global solo_group
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        solo_group = dist.new_group(backend="gloo", timeout=SOLO_TIMEOUT)
     return rank, world, local_rank, device
+
+def wait_for_rank0():
+    """Every process waits here, up to SOLO_TIMEOUT, until rank 0 has finished what it does alone."""
+    if dist.is_initialized():
+        dist.barrier(group=solo_group)
 
 def end_processes():
     if dist.is_initialized():
@@ -105,8 +118,8 @@ def end_processes():
 def from_rank0(value):
     """Rank 0's value on every process: one run id and one resume checkpoint for the whole job."""
     box = [value]
-    if dist.is_initialized():
-        dist.broadcast_object_list(box, src=0)
+    if dist.is_initialized():  # rank 0 may have found and finished a checkpoint first: the long wait
+        dist.broadcast_object_list(box, src=0, group=solo_group)
     return box[0]
 
 def catch_signals():
@@ -116,10 +129,14 @@ def catch_signals():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+def signal_flag(device):
+    """This process's stop signal (0: none) as a tensor on device, filled there: no host-to-device copy to wait on."""
+    return torch.full((), float(stop_signal), device=device)
+
 def stop_if_signalled(device, step, save):
     """After a SIGTERM or SIGINT on any process (all agree on it): save(reason) a checkpoint and exit, naming how to
     continue."""
-    stop = torch.tensor(float(stop_signal), device=device)
+    stop = signal_flag(device)
     if dist.is_initialized():
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     signum = int(stop.item())
@@ -129,34 +146,34 @@ def stop_if_signalled(device, step, save):
         sys.exit(128 + signum)
 
 # ---------------------------------------------------------------------------- DDP and FSDP2
-def shard_model(model, compute_bf16):
-    """FSDP2: every matrix is a group, gathered for its own forward and backward and freed after; the vectors (a tiny
-    share) stay with the root. Not a group per block: GPT's fused add + norm has each block call the next block's
-    norm. With bf16 compute a Linear's weight is gathered in bf16 (what autograd keeps for backward is then that
-    gather, not a bf16 cast of an fp32 one) and its gradients reduced in fp32; the rest is gathered as stored."""
-    linear = MixedPrecisionPolicy()
-    if compute_bf16:
-        linear = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            fully_shard(module, mp_policy=linear)
-        if isinstance(module, nn.Embedding):
-            fully_shard(module)
-    fully_shard(model)
+def shard_model(model):
+    """FSDP2: each block is a unit, gathered for its forward and backward and freed after; the embedding, the head
+    and the vectors outside the blocks stay with the root. Weights are gathered as stored (under bf16 autocast a
+    Linear casts its fp32 weight as DDP's does, so both compute alike) and gradients reduced in fp32. FSDP2 wants
+    one dtype a unit: with --param_dtype=bfloat16 each matrix is its own unit inside its block's (or the root's),
+    gathered in bf16, and a compiled block then breaks its graph at their gathers."""
+    policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+    for unit in [*model.blocks, model]:
+        if len({p.dtype for p in unit.parameters()}) > 1:
+            for module in unit.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)) and not isinstance(module, FSDPModule):
+                    fully_shard(module, mp_policy=policy)
+        fully_shard(unit, mp_policy=policy)
 
-def build_sharded(build, master, device, compute_bf16, seed):
+def build_sharded(build, master, device, seed):
     """The FSDP2 model build() makes, without a full copy per process (host memory: a 13b model is ~53 GB in fp32):
     every process builds it on the meta device, shards it and allocates its shards; rank 0 alone builds the real
     model (same seed, so the init without FSDP) and broadcasts it into the shards."""
     with torch.device("meta"):
         model = build()
-    shard_model(model, compute_bf16)
+    shard_model(model)
     model.to_empty(device=device)
     full, buffers = {}, {}
     if master:
         torch.manual_seed(seed)  # as main() set it (the meta build drew nothing): the same init
         real = build()
         full, buffers = real.state_dict(), dict(real.named_buffers())
+    wait_for_rank0()
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for name, buffer in model.named_buffers():  # buffers outside the state dict (RoPE's inv_freq): rank 0's too
         if name in buffers:
@@ -168,8 +185,12 @@ def wrap_model(model, use_compile, fsdp, local_rank, on_cuda):
     """torch.compile, then DDP unless FSDP shards the model. Compiling the inner module before wrapping it
     (PyTorch's "Where to apply torch.compile?"): dynamo compiles it inside DDP's forward, sees the DDP module and
     splits the graph at DDP's gradient buckets (DDPOptimizer, default bucket_cap_mb=25), so each bucket's
-    all-reduce overlaps the rest of the backward pass."""
-    if use_compile:
+    all-reduce overlaps the rest of the backward pass. With FSDP each block's forward is compiled, one graph shared
+    by all blocks, and FSDP's gathers and frees run around it (dynamo breaks the graph at FSDP's hooks)."""
+    if use_compile and fsdp:
+        for block in model.blocks:
+            block.forward = torch.compile(block.forward)
+    elif use_compile:
         model = torch.compile(model)
     if dist.is_initialized() and not fsdp:  # no buffer broadcast: RoPE's inv_freq, the one buffer, is constant
         model = DDP(model, device_ids=[local_rank] if on_cuda else None, broadcast_buffers=False)
@@ -322,8 +343,7 @@ def save_checkpoint(path, pieces, state, master):
     tmp = f"{path}.tmp"
     if master and os.path.exists(tmp):  # left by a save that was cut short
         shutil.rmtree(tmp)
-    if dist.is_initialized():
-        dist.barrier()
+    wait_for_rank0()
     dcp.save(pieces, checkpoint_id=tmp, no_dist=not dist.is_initialized())
     if master:
         with open(os.path.join(tmp, "train_state.pt.part"), "wb") as f:
@@ -333,8 +353,7 @@ def save_checkpoint(path, pieces, state, master):
         os.replace(os.path.join(tmp, "train_state.pt.part"), os.path.join(tmp, "train_state.pt"))
         fsync(tmp)
         put_in_place(path)
-    if dist.is_initialized():
-        dist.barrier()
+    wait_for_rank0()
 
 def put_in_place(path):
     """The complete path.tmp becomes path. An older path is moved to path.old first and deleted only once the new
@@ -357,6 +376,7 @@ def save_run(hp, step, model, optimizers, state, master, why):
         for _, _, other in run_checkpoints(hp.log_dir, hp.run_id):
             if other != path:
                 shutil.rmtree(other)
+    wait_for_rank0()
     print0(f"checkpoint:{path} step:{step} reason:{why}")
     return path
 

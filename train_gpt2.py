@@ -118,7 +118,7 @@ def parse_args(argv):
     return hp
 
 # ============================================================================ model
-from kernels import add_norm, norm_scale  # fused Triton kernels, or their plain-torch references
+from kernels import add_norm, chunked_cross_entropy, norm_scale  # fused Triton kernels, or plain torch
 
 class Rotary(nn.Module):
     """Rotary position embedding over (batch, time, head, head_dim) tensors."""
@@ -205,16 +205,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, hp):
         super().__init__()
-        self.norm1 = RMSNorm(hp.n_embd, hp.kernels)
         self.attn = CausalSelfAttention(hp)
         self.norm2 = RMSNorm(hp.n_embd, hp.kernels)
         self.mlp = MLP(hp)
+        self.norm_out = RMSNorm(hp.n_embd, hp.kernels)  # the next block's input norm, or the final norm
 
-    def forward(self, x, y, next_norm):
-        """x: the residual stream, y = norm1(x). Returns the new stream and next_norm of it (the next block's
-        norm1 or the final norm): each residual add runs fused with the norm that reads its result."""
+    def forward(self, x, y):
+        """x: the residual stream, y its norm. Returns the new stream and norm_out of it: each residual add runs
+        fused with the norm that reads its result, and that norm is the block's own (one FSDP unit per block)."""
         x, y = self.norm2.add(x, self.attn(y))
-        return next_norm.add(x, self.mlp(y))
+        return self.norm_out.add(x, self.mlp(y))
 
 class GPT(nn.Module):
     def __init__(self, hp):
@@ -222,8 +222,8 @@ class GPT(nn.Module):
         self.hp = hp
         self.width_mult = hp.n_embd / hp.mup_base_width if hp.mup_base_width else 1.0
         self.embed = nn.Embedding(hp.vocab_size, hp.n_embd)
+        self.norm_in = RMSNorm(hp.n_embd, hp.kernels)  # the first block's input norm
         self.blocks = nn.ModuleList([Block(hp) for _ in range(hp.n_layer)])
-        self.final_norm = RMSNorm(hp.n_embd, hp.kernels)
         self.lm_head = nn.Linear(hp.n_embd, hp.vocab_size, bias=False)
         std = 0.02
         nn.init.normal_(self.embed.weight, std=std)
@@ -238,14 +238,16 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None):
         """Mean cross-entropy over targets; without targets, the logits (batch, time, vocab)."""
         x = self.embed(idx)
-        y = self.blocks[0].norm1(x)
-        next_norms = [block.norm1 for block in self.blocks[1:]] + [self.final_norm]
-        for block, next_norm in zip(self.blocks, next_norms):
-            x, y = block(x, y, next_norm)
-        logits = self.lm_head(y) / self.width_mult  # y = final_norm(x); muP output multiplier
+        h = self.norm_in(x)
+        for block in self.blocks:
+            x, h = block(x, h)  # h: norm_out(x), the last block's the final norm
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            return self.head(h)
+        return chunked_cross_entropy(self.head, h, targets, self.hp.vocab_size)
+
+    def head(self, h):
+        """The logits of the hidden states the blocks end with."""
+        return self.lm_head(h) / self.width_mult  # muP output multiplier
 
     def param_groups(self):
         """AdamW groups: weight decay on matrices only; muP divides hidden matrices' lr by the width ratio. The
@@ -430,8 +432,13 @@ def build_model(hp):
             block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
     return model
 
+def validates(step, hp):
+    """Whether a validation pass runs at step (0-based, before that step trains; also at a run's first step)."""
+    return step == hp.num_iterations or bool(hp.val_loss_every and step % hp.val_loss_every == 0)
+
 def forward_backward(model, loader, micro_batches, autocast, device):
-    """One optimizer step's gradients, accumulated over its micro-batches; returns the step's mean loss."""
+    """One optimizer step's gradients, accumulated over its micro-batches; returns (the step's mean loss, > 0 if a
+    process has a stop signal), on the device: the step's one all-reduce carries both, no sync of their own."""
     total = torch.zeros((), device=device)
     for micro in range(micro_batches):
         x, y = loader.next_batch(device)
@@ -441,6 +448,7 @@ def forward_backward(model, loader, micro_batches, autocast, device):
                 loss = model(x, y) / micro_batches
             loss.backward()
         total += loss.detach()
+    total = torch.stack([total, runtime.signal_flag(device)])
     if dist.is_initialized():
         dist.all_reduce(total, op=dist.ReduceOp.AVG)
     return total
@@ -477,7 +485,7 @@ def main(argv=None):
     # ------------------------------------------------------------------------ model, optimizer, data, resume
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device
     if hp.fsdp:
-        model = build_sharded(functools.partial(build_model, hp), master, device, compute_bf16, hp.seed)
+        model = build_sharded(functools.partial(build_model, hp), master, device, hp.seed)
     else:
         model = build_model(hp).to(device)
     raw_model = model
@@ -501,26 +509,30 @@ def main(argv=None):
         if use_compile:
             compile_warmup(lambda: forward_backward(model, train_loader, micro_batches, autocast, device),
                            optimizers, train_loader)
-        epoch = train_loader.epoch
+        epoch, signalled = train_loader.epoch, 0.0
         for step in range(start_step, hp.num_iterations + 1):
             last_step = step == hp.num_iterations
-            # before every validation and save, so a signal never waits on them
-            stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
-            if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
+            save_step = hp.save_every and step > start_step and step % hp.save_every == 0
+            # when the last step's all-reduce carried a signal, and before every validation and save (a signal never
+            # waits on them): the steady state's steps have no collective or sync of their own for it
+            if signalled or save_step or validates(step, hp) or step == start_step:
+                stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
+            if validates(step, hp) or step == start_step:
                 val_loss = evaluate(model, hp, rank, world, device, autocast)
                 print0(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
                        f"step_avg:{train_time_ms / max(1, timed_steps):.2f}ms")
                 stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
             if last_step:
                 break
-            if hp.save_every and step > start_step and step % hp.save_every == 0:
+            if save_step:
                 checkpoint(step, train_loader.state(), "save_every")
 
             t0 = time.perf_counter()
             loader_state = train_loader.state()
             loss = forward_backward(model, train_loader, micro_batches, autocast, device)
             grad_norm = gradient_norm(raw_model)
-            train_loss, norm = torch.stack([loss, grad_norm.float()]).tolist()  # one device sync for both
+            # the step's one host sync: its gradients are checked before the optimizer step applies them
+            train_loss, signalled, norm = torch.cat([loss, grad_norm.float()[None]]).tolist()
             if not (math.isfinite(train_loss) and math.isfinite(norm)):  # weights: the last good step's
                 path = checkpoint(step, loader_state, "non-finite loss or gradient")
                 print0(f"error: train_loss is {train_loss} and grad_norm {norm} at step {step + 1}; the "
@@ -528,7 +540,7 @@ def main(argv=None):
                        f"--resume={path}: the new values apply")
                 sys.exit(1)
             optimizer_step(raw_model, optimizers, lr_multiplier(step, hp), hp.grad_clip, grad_norm)
-            if on_cuda:
+            if on_cuda and validates(step + 1, hp):  # a validation's train time includes all the GPU's work
                 torch.cuda.synchronize()
             train_time_ms += 1000 * (time.perf_counter() - t0)
             timed_steps += 1

@@ -121,7 +121,7 @@ def parse_args(argv):
 
 # ============================================================================ model
 from torch.distributed.tensor import DTensor
-from kernels import norm_rows_, norm_scale, residual_update  # Triton kernels or plain torch
+from kernels import chunked_cross_entropy, norm_rows_, norm_scale, residual_update  # Triton kernels or plain torch
 
 class Rotary(nn.Module):
     """Rotary position embedding over (batch, time, head, head_dim) tensors."""
@@ -231,11 +231,14 @@ class GPT(nn.Module):
         h = self.embed(idx)  # embeddings are unit rows, so h starts on the sphere
         for block in self.blocks:
             h = block(h)
-        logits = self.lm_head(h)
-        logits = logits * self.s_z().to(logits.dtype)  # eq. 3: z = E_output h * s_z; no final norm
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            return self.head(h)
+        return chunked_cross_entropy(self.head, h, targets, self.hp.vocab_size)
+
+    def head(self, h):
+        """The logits of the hidden states the blocks end with."""
+        logits = self.lm_head(h)
+        return logits * self.s_z().to(logits.dtype)  # eq. 3: z = E_output h * s_z; no final norm
 
     def param_groups(self):
         """AdamW groups and the muP rule, all in one place. m = n_embd / mup_base_width. Adam moves every entry of
@@ -459,8 +462,13 @@ def build_model(hp):
             block.forward = functools.partial(recompute, block.forward, use_reentrant=False)
     return model
 
+def validates(step, hp):
+    """Whether a validation pass runs at step (0-based, before that step trains; also at a run's first step)."""
+    return step == hp.num_iterations or bool(hp.val_loss_every and step % hp.val_loss_every == 0)
+
 def forward_backward(model, loader, micro_batches, autocast, device):
-    """One optimizer step's gradients, accumulated over its micro-batches; returns the step's mean loss."""
+    """One optimizer step's gradients, accumulated over its micro-batches; returns (the step's mean loss, > 0 if a
+    process has a stop signal), on the device: the step's one all-reduce carries both, no sync of their own."""
     total = torch.zeros((), device=device)
     for micro in range(micro_batches):
         x, y = loader.next_batch(device)
@@ -470,6 +478,7 @@ def forward_backward(model, loader, micro_batches, autocast, device):
                 loss = model(x, y) / micro_batches
             loss.backward()
         total += loss.detach()
+    total = torch.stack([total, runtime.signal_flag(device)])
     if dist.is_initialized():
         dist.all_reduce(total, op=dist.ReduceOp.AVG)
     return total
@@ -506,7 +515,7 @@ def main(argv=None):
     # ------------------------------------------------------------------------ model, optimizer, data, resume
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device
     if hp.fsdp:
-        model = build_sharded(functools.partial(build_model, hp), master, device, compute_bf16, hp.seed)
+        model = build_sharded(functools.partial(build_model, hp), master, device, hp.seed)
     else:
         model = build_model(hp).to(device)
     raw_model = model
@@ -530,26 +539,30 @@ def main(argv=None):
         if use_compile:
             compile_warmup(lambda: forward_backward(model, train_loader, micro_batches, autocast, device),
                            optimizers, train_loader)
-        epoch = train_loader.epoch
+        epoch, signalled = train_loader.epoch, 0.0
         for step in range(start_step, hp.num_iterations + 1):
             last_step = step == hp.num_iterations
-            # before every validation and save, so a signal never waits on them
-            stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
-            if last_step or step == start_step or (hp.val_loss_every and step % hp.val_loss_every == 0):
+            save_step = hp.save_every and step > start_step and step % hp.save_every == 0
+            # when the last step's all-reduce carried a signal, and before every validation and save (a signal never
+            # waits on them): the steady state's steps have no collective or sync of their own for it
+            if signalled or save_step or validates(step, hp) or step == start_step:
+                stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
+            if validates(step, hp) or step == start_step:
                 val_loss = evaluate(model, hp, rank, world, device, autocast)
                 print0(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
                        f"step_avg:{train_time_ms / max(1, timed_steps):.2f}ms")
                 stop_if_signalled(device, step, lambda why: checkpoint(step, train_loader.state(), why))
             if last_step:
                 break
-            if hp.save_every and step > start_step and step % hp.save_every == 0:
+            if save_step:
                 checkpoint(step, train_loader.state(), "save_every")
 
             t0 = time.perf_counter()
             loader_state = train_loader.state()
             loss = forward_backward(model, train_loader, micro_batches, autocast, device)
             grad_norm = gradient_norm(raw_model)
-            train_loss, norm = torch.stack([loss, grad_norm.float()]).tolist()  # one device sync for both
+            # the step's one host sync: its gradients are checked before the optimizer step applies them
+            train_loss, signalled, norm = torch.cat([loss, grad_norm.float()[None]]).tolist()
             if not (math.isfinite(train_loss) and math.isfinite(norm)):  # weights: the last good step's
                 path = checkpoint(step, loader_state, "non-finite loss or gradient")
                 print0(f"error: train_loss is {train_loss} and grad_norm {norm} at step {step + 1}; the "
@@ -557,7 +570,7 @@ def main(argv=None):
                        f"--resume={path}: the new values apply")
                 sys.exit(1)
             optimizer_step(raw_model, optimizers, lr_multiplier(step, hp), hp.grad_clip, grad_norm)
-            if on_cuda:
+            if on_cuda and validates(step + 1, hp):  # a validation's train time includes all the GPU's work
                 torch.cuda.synchronize()
             train_time_ms += 1000 * (time.perf_counter() - t0)
             timed_steps += 1

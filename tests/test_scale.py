@@ -4,12 +4,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch._dynamo.utils import counters
 
 import runtime
 import train_gpt2
@@ -189,6 +191,27 @@ def in_process(module, argv, monkeypatch):
     except SystemExit as stop:
         return stop.code
     return 0
+
+
+def test_fsdp_compiles_each_block_with_no_graph_break_and_matches_eager(data, tmp_path, monkeypatch):
+    """One gloo process, in this process (dynamo's counters are per process): each block one FSDP unit, its forward
+    one graph shared by all blocks (another for validation's no-grad mode), FSDP's hooks left outside it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    processes = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    for name, value in processes.items():
+        monkeypatch.setenv(name, str(value))
+    args = TINY + data + ["--n_layer=3", "--num_iterations=4", "--val_loss_every=0", "--fsdp=1",
+                          f"--log_dir={tmp_path}"]
+    torch._dynamo.reset()
+    counters.clear()
+    assert in_process(train_ngpt2, args + ["--compile=1", "--run_id=compiled"], monkeypatch) == 0
+    assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] in (1, 2), dict(counters["stats"])
+    assert counters["stats"]["calls_captured"] > 0
+    assert in_process(train_ngpt2, args + ["--compile=0", "--run_id=eager"], monkeypatch) == 0
+    compiled, eager = [losses((tmp_path / f"{run}.txt").read_text(), "train_loss") for run in ("compiled", "eager")]
+    assert sorted(compiled) == sorted(eager) == [1, 2, 3, 4] and all(abs(compiled[s] - eager[s]) < 1e-3 for s in eager)
 
 
 def test_resume_applies_the_new_flags_says_which_and_keeps_the_train_time(data, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+import kernels
 import train_gpt2
 import train_ngpt2
 from conftest import write_shard
@@ -126,6 +127,31 @@ def test_mup_at_base_width_equals_standard_parametrization(name):
     if name == "gpt2":  # hidden init std shrinks by sqrt(2); embeddings keep theirs
         std = wide.blocks[0].attn.qkv.weight.std().item()
         assert abs(std - 0.02 / math.sqrt(2)) < 0.001, std
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_chunked_loss_equals_the_full_logits_loss_and_gradient_and_keeps_no_logits(name, monkeypatch):
+    module = SCRIPTS[name]
+    torch.manual_seed(0)
+    vocab = 384  # no other width of the model: a saved tensor of this width holds logits
+    model = module.GPT(hp_for(module, "--mup_base_width=32", f"--vocab_size={vocab}"))  # GPT-2 divides logits by 2
+    idx, targets = torch.randint(0, vocab, (2, 4, 32))
+    full = torch.nn.functional.cross_entropy(model(idx).float().flatten(0, 1), targets.flatten())
+    full_grads = torch.autograd.grad(full, list(model.parameters()))
+    assert model(idx, targets).item() == full.item()  # 128 rows: one chunk, the same computation
+    monkeypatch.setattr(kernels, "LOSS_CHUNK", 10 * vocab)  # 10 rows a chunk: 13 chunks, the last of 8 rows
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        chunked = model(idx, targets)
+    logits = [shape for shape in saved if shape[-1] == vocab and shape.numel() > vocab]
+    assert not logits, logits  # no chunk's logits kept for the backward pass, let alone all rows'
+    grads = torch.autograd.grad(chunked, list(model.parameters()))
+    assert abs(chunked.item() - full.item()) < 1e-6, (chunked.item(), full.item())
+    for (param, _), a, b in zip(model.named_parameters(), grads, full_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8), (param, (a - b).abs().max())
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(idx, targets)  # the chunks' checkpoints compile into the model's graph
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -338,6 +364,32 @@ def test_non_finite_loss_or_gradient_stops_with_the_last_good_state(what, data, 
     weights = model.state_dict()
     dcp.load(dict(model=weights), checkpoint_id=str(ckpt), no_dist=True)
     assert all(torch.isfinite(w).all() for w in weights.values())  # saved before the optimizer took a NaN step
+
+
+def test_one_host_sync_per_steady_state_step(data, tmp_path, monkeypatch):
+    """The scripts' own reads of device values (torch's CPU-side ones, like AdamW's step count, are not syncs on a
+    GPU) and CUDA synchronizes, between the starts of consecutive steps: the loss, signal and gradient norm, once."""
+    syncs, at_step_start = [], {}
+
+    def counted(name, method):
+        def wrapper(*args, **kwargs):
+            if sys._getframe(1).f_globals["__name__"] in ("train_gpt2", "runtime", "kernels"):
+                syncs.append(name)
+            return method(*args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", counted("synchronize", torch.cuda.synchronize))
+    schedule = train_gpt2.lr_multiplier
+
+    def step_start(step, hp):  # once per parameter group at each step's start, before its forward pass
+        at_step_start.setdefault(step, len(syncs))
+        return schedule(step, hp)
+
+    monkeypatch.setattr(train_gpt2, "lr_multiplier", step_start)
+    train_gpt2.main(TINY + data + ["--num_iterations=8", "--val_loss_every=0", f"--log_dir={tmp_path}"])
+    assert np.diff(list(at_step_start.values())).tolist() == [1] * 7 and "tolist" in syncs, (at_step_start, syncs)
 
 
 def test_out_of_memory_names_the_flags_to_change(data, tmp_path, monkeypatch):

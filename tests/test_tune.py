@@ -155,6 +155,12 @@ def test_memory_estimate_within_25_percent_of_measured_cpu_memory(data, tmp_path
     assert e > 200 * 2**20 and abs(e - m) < 0.25 * m, (m / 2**20, e / 2**20)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "ngpt2"])
+def test_the_default_speedrun_fits_an_80_gib_gpu(name, capsys):
+    est = memory.main([name, "--gpu_gib=80"])
+    assert "fits: yes" in capsys.readouterr().out and est["total"] <= memory.USABLE * 80 * 2**30
+
+
 def test_memory_planner_names_the_flags_that_fit(capsys):
     # 1b with DDP on 8 GPUs of 80 GiB at 16 x 4096 tokens does not fit; a smaller micro-batch or recomputation does
     argv = ["ngpt2", "--preset=1b", "--sequence_length=4096", "--batch_size=128", "--device_batch_size=16",

@@ -13,7 +13,8 @@ gradients and the two AdamW moments take 4 bytes per element (matrices 2 with --
 divided over the processes with --fsdp=1; buffers are FSDP's gathered root and largest matrix (with its prefetch)
 or DDP's gradient buckets; activations are the count of what backward keeps per token (activation_elements(),
 counted on CPU with saved-tensor hooks), 2 bytes each under bf16 autocast (every CUDA run;
---device=cpu plans fp32 unless --param_dtype=bfloat16). A run fits when the total is within 95% of the GPU's
+--device=cpu plans fp32 unless --param_dtype=bfloat16), plus the loss's one chunk of rows at a time (fp32 logits,
+log-softmax and their gradients: kernels.chunked_cross_entropy). A run fits when the total is within 95% of the GPU's
 memory (default: this machine's first GPU). It is an estimate: a CPU test holds it within 25% of measured memory.
 The cost model beside it (PEAK_BF16_TFLOPS, flops_per_token) prices runs for bench.py's MFU and tune/fair.py's plan.
 """
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import kernels
 import train_gpt2
 import train_ngpt2
 
@@ -39,18 +41,19 @@ PEAK_BF16_TFLOPS = [("H100 80GB HBM3", 989), ("H100 SXM", 989), ("H100 NVL", 835
 
 
 def activation_elements(hp, model):
-    """(per block, outside the blocks): elements the backward pass keeps per token, counted on CPU with saved-tensor
-    hooks. GPT ("gpt"), per block: 12 widths (block input, two norms' input, output and inner product, q and k after
-    RoPE, qkv, attention output) and 4 MLP widths (fc output, SiLU, product), 2 widths more with qk_norm
-    (normalized q and k); outside, the final norm and the log-softmax. nGPT ("ngpt"), per block: 18 widths (GPT's
-    plus q/k normalization and the two residual updates' inner tensors) and 6 MLP widths (fc output, the two scaled
-    halves, SiLU, product); outside, the scaled logits and the log-softmax."""
+    """(per block, outside the blocks, per row of the loss): elements the backward pass keeps per token, counted on
+    CPU with saved-tensor hooks. GPT ("gpt"), per block: 12 widths (block input, two norms' input, output and inner
+    product, q and k after RoPE, qkv, attention output) and 4 MLP widths (fc output, SiLU, product), 2 widths more
+    with qk_norm (normalized q and k); outside, the final norm. nGPT ("ngpt"), per block: 18 widths (GPT's plus q/k
+    normalization and the two residual updates' inner tensors) and 6 MLP widths (fc output, the two scaled halves,
+    SiLU, product); outside, the last block's output. A row of the loss: its logits (nGPT: and their scaled copy),
+    the log-softmax, and in the backward pass the gradients of the logits (3 vocab widths), fp32 in any run."""
     if model == "gpt":
         per_block = 12 * hp.n_embd + 4 * hp.mlp_hidden
         if hp.qk_norm:
             per_block += 2 * hp.n_embd
-        return per_block, 3 * hp.n_embd + hp.vocab_size
-    return 18 * hp.n_embd + 6 * hp.mlp_hidden, hp.n_embd + 2 * hp.vocab_size
+        return per_block, 3 * hp.n_embd, 4 * hp.vocab_size
+    return 18 * hp.n_embd + 6 * hp.mlp_hidden, hp.n_embd, 5 * hp.vocab_size
 
 
 def parameters(module, hp):
@@ -83,7 +86,7 @@ def estimate(module, hp, processes):
 
     weights = size(model.parameters())
     matrices = [size([m.weight]) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
-    per_block, outside = activation_elements(hp, model.config()["model"])
+    per_block, outside, loss_row = activation_elements(hp, model.config()["model"])
     tokens = hp.device_batch_size * hp.sequence_length
     blocks_kept = hp.n_layer * per_block
     if hp.activation_checkpointing:  # each block's input, and one block recomputed at a time
@@ -95,8 +98,8 @@ def estimate(module, hp, processes):
     elif processes > 1:
         est["buffers"] = weights  # DDP's gradient buckets
     autocast_bf16 = hp.device != "cpu" or hp.param_dtype == "bfloat16"  # CUDA runs under bf16 autocast
-    logit_grads = 3 * hp.vocab_size  # at the start of the backward pass the logits' gradients join the kept tensors
-    est["activations"] = tokens * (blocks_kept + outside + logit_grads) * (2 if autocast_bf16 else 4)
+    loss_rows = min(tokens, max(1, kernels.LOSS_CHUNK // hp.vocab_size))  # the rows of the loss's chunk
+    est["activations"] = tokens * (blocks_kept + outside) * (2 if autocast_bf16 else 4) + loss_rows * loss_row * 4
     est["total"] = sum(est.values())
     return est
 
