@@ -7,8 +7,8 @@ residual_update(h, b, alpha, eps, kernels)  norm(h + alpha * (norm(b) - h))     
 norm_rows_(vs, eps, kernels)                rows of each v to unit norm, in place      nGPT's post-step weight norm
 
 kernels="triton" runs the kernel, "torch" the reference (same math in fp32). Under autocast, the outputs that go to
-a matmul (norm_scale's y, add_norm's y) are written in the autocast dtype; residuals keep theirs. check() compares the two on small
-inputs; the scripts run it before the first step whenever they use the kernels. custom_op with register_fake and
+a matmul (norm_scale's y, add_norm's y) are written in the autocast dtype; residuals keep theirs. check() compares
+the two on small inputs; the scripts run it before the first step whenever they use the kernels. custom_op with register_fake and
 register_autograd is what torch.compile traces with fullgraph (a plain autograd.Function around the launch, or
 triton_op with wrap_triton, did not: measured under Triton's interpreter, torch 2.13).
 """
