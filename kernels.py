@@ -4,13 +4,15 @@ torch.library op (fake for tracing, autograd for the backward kernel) and its pl
 norm_scale(x, scale, eps, kernels)          x * rsqrt(sum(x^2, -1) + eps) * scale      RMSNorm, QK-norm, nGPT's norms
 add_norm(x, b, scale, eps, kernels)         (x + b, norm_scale(x + b, scale, eps))     GPT-2's residual add + RMSNorm
 residual_update(h, b, alpha, eps, kernels)  norm(h + alpha * (norm(b) - h))            nGPT's residual step (eq. 10-11)
-norm_rows_(v, eps, kernels)                 v's rows to unit norm, in place            nGPT's post-step weight norm
+norm_rows_(vs, eps, kernels)                rows of each v to unit norm, in place      nGPT's post-step weight norm
 
-kernels="triton" runs the kernel, "torch" the reference (same math in fp32). check() compares the two on small
-inputs; the scripts run it before the first step whenever they use the kernels. custom_op with register_fake and
+kernels="triton" runs the kernel, "torch" the reference (same math in fp32). Under autocast, the outputs that go to
+a matmul (norm_scale's y, add_norm's y) are written in the autocast dtype; residuals keep theirs. check() compares
+the two on small inputs; the scripts run it before the first step whenever they use the kernels. custom_op with register_fake and
 register_autograd is what torch.compile traces with fullgraph (a plain autograd.Function around the launch, or
 triton_op with wrap_triton, did not: measured under Triton's interpreter, torch 2.13).
 """
+import functools
 import os
 from typing import Optional
 
@@ -104,12 +106,11 @@ def _bwd_grid(n_rows, G, rows, device):
     rows_per_prog = triton.cdiv(triton.cdiv(per_group, n_prog), rows) * rows
     return triton.cdiv(per_group, rows_per_prog), rows_per_prog
 
-def _norm_scale_launch(x2, scale, eps, out=None):
-    """Forward on a 2-D (rows, D) view with any strides; writes into out (may alias x2: in-place). Returns rstd."""
+def _norm_scale_launch(x2, scale, eps, out_dtype):
+    """Forward on a 2-D (rows, D) view with any strides: (y, contiguous in out_dtype, rstd)."""
     _check_triton(x2)
     n_rows, D = x2.shape
-    out = torch.empty_like(x2, memory_format=torch.contiguous_format) if out is None else out
-    assert out.shape == x2.shape and out.dtype == x2.dtype, "norm_scale launch: out must match x"
+    out = torch.empty((n_rows, D), device=x2.device, dtype=out_dtype)
     s = scale.reshape(-1, D).contiguous() if scale is not None else x2  # dummy pointer when HAS_SCALE=False
     rstd = torch.empty(n_rows, device=x2.device, dtype=torch.float32)
     block, rows, num_warps = _tile_config(D, rows_adjacent=x2.stride(0) == 1 and D > 1)
@@ -135,13 +136,14 @@ def _norm_scale_bwd_launch(dy2, x2, scale, rstd):
     return dx, dscale
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_fwd", mutates_args=())
-def _norm_scale_fwd_op(x: torch.Tensor, scale: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps)  # reshape copies only if not viewable
+def _norm_scale_fwd_op(x: torch.Tensor, scale: Optional[torch.Tensor], eps: float,
+                       out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    y, rstd = _norm_scale_launch(x.reshape(-1, x.shape[-1]), scale, eps, out_dtype)  # copies only if not viewable
     return y.view(x.shape), rstd
 
 @_norm_scale_fwd_op.register_fake
-def _(x, scale, eps):
-    return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+def _(x, scale, eps, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::norm_scale_bwd", mutates_args=())
 def _norm_scale_bwd_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
@@ -157,36 +159,44 @@ def _(dy, x, scale, rstd):
     return x.new_empty(x.shape), scale.new_empty(scale.shape)
 
 def _norm_scale_setup(ctx, inputs, output):
-    x, scale, _ = inputs
+    x, scale, _, _ = inputs
     ctx.save_for_backward(x, scale, output[1])
 
 def _norm_scale_backward(ctx, dy, _drstd):
     x, scale, rstd = ctx.saved_tensors
     dx, dscale = _norm_scale_bwd_op(dy, x, scale, rstd)
-    return dx, dscale if scale is not None else None, None
+    return dx, dscale if scale is not None else None, None, None
 
 _norm_scale_fwd_op.register_autograd(_norm_scale_backward, setup_context=_norm_scale_setup)
 
-def norm_scale_torch(x, scale, eps):
-    """Plain-torch reference: fp32 math, output in x.dtype."""
+def norm_scale_torch(x, scale, eps, out_dtype=None):
+    """Plain-torch reference: fp32 math, output in out_dtype (None: x.dtype)."""
     D = x.shape[-1]
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
     if scale is not None:
         y = (y.reshape(-1, scale.numel() // D, D) * scale.float().reshape(-1, D)).reshape(x.shape)
-    return y.to(x.dtype)
+    return y.to(out_dtype or x.dtype)
+
+def _out_dtype(x, dtype):
+    """The dtype a norm writes its output in: under autocast the autocast dtype, since the matmul that reads it
+    would cast it there anyway (the same rounding, in a separate kernel, with an fp32 gradient back); else dtype."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
 
 def norm_scale(x, scale, eps, kernels):
-    """y = x * rsqrt(sum(x^2, -1) + eps) * scale; scale None, (D,) or (G, D) with row r using scale[r % G]."""
+    """y = x * rsqrt(sum(x^2, -1) + eps) * scale; scale None, (D,) or (G, D) with row r using scale[r % G].
+    y is in x.dtype, or under autocast in the autocast dtype."""
     D = x.shape[-1]
     if scale is not None and (scale.shape[-1] != D or scale.dim() > 2 or (x.numel() // D) % (scale.numel() // D)):
         raise ValueError(f"norm_scale: scale must be (D,) or (G, D) with D={D} and G dividing the row count "
                          f"{x.numel() // D}; got scale {tuple(scale.shape)} for x {tuple(x.shape)}")
     if not eps > 0:
         raise ValueError(f"norm_scale: eps must be > 0 (zero rows would give NaN), got {eps}")
+    out_dtype = _out_dtype(x, x.dtype)
     if kernels == "triton":
-        return _norm_scale_fwd_op(x, scale, eps)[0]
-    return norm_scale_torch(x, scale, eps)
+        return _norm_scale_fwd_op(x, scale, eps, out_dtype)[0]
+    return norm_scale_torch(x, scale, eps, out_dtype)
 
 # ---------------------------------------------------------------------------- add_norm (train_gpt2.py)
 # Fused residual add + RMSNorm: res = x + b and y = res * rsqrt(sum(res^2) + eps) * scale in one pass.
@@ -226,29 +236,32 @@ if triton is not None:
             r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
             rmask = r < n_rows
             mask = rmask[:, None] & cmask[None, :]
-            dres = tl.load(DRES + r[:, None] * stride_dr + cols[None, :] * stride_dc, mask=mask, other=0.0)
             dy = tl.load(DY + r[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
             dy = dy.to(tl.float32)
             res = tl.load(RES + r[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             rstd = tl.load(RSTD + r, mask=rmask, other=0.0)[:, None]
             xhat = res * rstd
+            acc += tl.sum(dy * xhat, axis=0)
             gs = dy * s
-            d = dres.to(tl.float32) + rstd * (gs - xhat * tl.sum(gs * xhat, axis=1)[:, None])
+            dot = tl.sum(gs * xhat, axis=1)[:, None]
+            # dres read after the reduction, not kept across it: at width 5120 (an 8192 tile at 32 warps, 64
+            # registers a thread) one more live row array spills
+            dres = tl.load(DRES + r[:, None] * stride_dr + cols[None, :] * stride_dc, mask=mask, other=0.0)
+            d = dres.to(tl.float32) + rstd * (gs - xhat * dot)
             tl.store(DX + r[:, None] * D + cols[None, :], d.to(DX.dtype.element_ty), mask=mask)
             tl.store(DB + r[:, None] * D + cols[None, :], d.to(DB.dtype.element_ty), mask=mask)
-            acc += tl.sum(dy * xhat, axis=0)
             k0 += ROWS
         tl.store(DS_PART + p * D + cols, acc, mask=cmask)
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::add_norm_fwd", mutates_args=())
-def _add_norm_fwd_op(x: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _add_norm_fwd_op(x: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, eps: float,
+                     y_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_triton(x)
     D = x.shape[-1]
     x2, b2 = x.reshape(-1, D), b.reshape(-1, D)  # views when possible, any strides
     n_rows = x2.shape[0]
     res = torch.empty((n_rows, D), device=x.device, dtype=torch.promote_types(x.dtype, b.dtype))  # as x + b
-    y = torch.empty_like(res)
+    y = torch.empty((n_rows, D), device=x.device, dtype=y_dtype)
     rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
     block, rows, num_warps = _tile_config(D)
     _add_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
@@ -257,9 +270,9 @@ def _add_norm_fwd_op(x: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
     return res.view(x.shape), y.view(x.shape), rstd
 
 @_add_norm_fwd_op.register_fake
-def _(x, b, scale, eps):
+def _(x, b, scale, eps, y_dtype):
     res = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, b.dtype))
-    return res, torch.empty_like(res), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+    return res, x.new_empty(x.shape, dtype=y_dtype), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
 
 @torch.library.custom_op(f"{OPS_NAMESPACE}::add_norm_bwd", mutates_args=())
 def _add_norm_bwd_op(dres: torch.Tensor, dy: torch.Tensor, res: torch.Tensor, scale: torch.Tensor, rstd: torch.Tensor,
@@ -283,30 +296,32 @@ def _(dres, dy, res, scale, rstd, x_dtype, b_dtype):
     return res.new_empty(res.shape, dtype=x_dtype), res.new_empty(res.shape, dtype=b_dtype), torch.empty_like(scale)
 
 def _add_norm_setup(ctx, inputs, output):
-    x, b, scale, _ = inputs
+    x, b, scale, _, _ = inputs
     ctx.dtypes = x.dtype, b.dtype
     ctx.save_for_backward(output[0], scale, output[2])  # the residual and rstd: x and b are not needed
 
 def _add_norm_backward(ctx, dres, dy, _drstd):
     res, scale, rstd = ctx.saved_tensors
     dx, db, dscale = _add_norm_bwd_op(dres, dy, res, scale, rstd, *ctx.dtypes)
-    return dx, db, dscale, None
+    return dx, db, dscale, None, None
 
 _add_norm_fwd_op.register_autograd(_add_norm_backward, setup_context=_add_norm_setup)
 
 def add_norm(x, b, scale, eps, kernels):
-    """(res, y): res = x + b and y = res * rsqrt(sum(res^2, -1) + eps) * scale, scale of shape (D,)."""
+    """(res, y): res = x + b and y = res * rsqrt(sum(res^2, -1) + eps) * scale, scale of shape (D,). res is in
+    the promoted dtype of x and b (the fp32 residual stays fp32), y too, or under autocast in the autocast dtype."""
     if x.shape != b.shape or scale.shape != (x.shape[-1],):
         raise ValueError(f"add_norm: x and b must have the same shape (..., D) and scale shape (D,); "
                          f"got x {tuple(x.shape)}, b {tuple(b.shape)}, scale {tuple(scale.shape)}")
+    y_dtype = _out_dtype(x, torch.promote_types(x.dtype, b.dtype))
     if kernels == "triton":
-        return _add_norm_fwd_op(x, b, scale, eps)[:2]
-    return add_norm_torch(x, b, scale, eps)
+        return _add_norm_fwd_op(x, b, scale, eps, y_dtype)[:2]
+    return add_norm_torch(x, b, scale, eps, y_dtype)
 
-def add_norm_torch(x, b, scale, eps):
-    """Plain-torch reference: the add in the inputs' dtypes, then norm_scale_torch of the sum."""
+def add_norm_torch(x, b, scale, eps, y_dtype=None):
+    """Plain-torch reference: the add in the inputs' dtypes, then norm_scale_torch of the sum into y_dtype."""
     res = x + b
-    return res, norm_scale_torch(res, scale, eps)
+    return res, norm_scale_torch(res, scale, eps, y_dtype)
 
 # ---------------------------------------------------------------------------- residual_update (train_ngpt2.py)
 # Fused nGPT residual update h <- norm(h + alpha * (norm(b) - h)), norm(v) = v * rsqrt(sum(v^2) + eps).
@@ -348,19 +363,24 @@ if triton is not None:
             r = (k0 + tl.arange(0, ROWS)).to(tl.int64)
             rmask = r < n_rows
             mask = rmask[:, None] & cmask[None, :]
+            hb_ptrs = (H + r[:, None] * stride_hr + cols[None, :] * stride_hc,
+                       B + r[:, None] * stride_br + cols[None, :] * stride_bc)
             do = tl.load(DO + r[:, None] * stride_dor + cols[None, :] * stride_doc, mask=mask, other=0.0).to(tl.float32)
-            h = tl.load(H + r[:, None] * stride_hr + cols[None, :] * stride_hc, mask=mask, other=0.0).to(tl.float32)
-            b = tl.load(B + r[:, None] * stride_br + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float32)
+            h = tl.load(hb_ptrs[0], mask=mask, other=0.0).to(tl.float32)
+            b = tl.load(hb_ptrs[1], mask=mask, other=0.0).to(tl.float32)
             rstd_b = tl.load(RSTD_B + r, mask=rmask, other=0.0)[:, None]
             rstd_u = tl.load(RSTD_U + r, mask=rmask, other=0.0)[:, None]
-            bn = b * rstd_b
-            o = (h + a * (bn - h)) * rstd_u
+            o = (h + a * (b * rstd_b - h)) * rstd_u
             du = rstd_u * (do - o * tl.sum(do * o, axis=1)[:, None])  # through the outer norm
+            tl.store(DH + r[:, None] * D + cols[None, :], (du * (1.0 - a)).to(DH.dtype.element_ty), mask=mask)
+            # h and b read again (from cache) rather than kept across the reduction above: fewer row arrays live
+            # at once, or at width 5120 (an 8192 tile at 32 warps, 64 registers a thread) registers spill
+            h = tl.load(hb_ptrs[0], mask=mask, other=0.0).to(tl.float32)
+            bn = tl.load(hb_ptrs[1], mask=mask, other=0.0).to(tl.float32) * rstd_b
+            acc += tl.sum(du * (bn - h), axis=0)
             dbn = du * a
             db = rstd_b * (dbn - bn * tl.sum(dbn * bn, axis=1)[:, None])  # through the inner norm
-            tl.store(DH + r[:, None] * D + cols[None, :], (du * (1.0 - a)).to(DH.dtype.element_ty), mask=mask)
             tl.store(DB + r[:, None] * D + cols[None, :], db.to(DB.dtype.element_ty), mask=mask)
-            acc += tl.sum(du * (bn - h), axis=0)
             k0 += ROWS
         tl.store(DA_PART + p * D + cols, acc, mask=cmask)
 
@@ -433,14 +453,88 @@ def residual_update(h, b, alpha, eps, kernels):
         return _residual_fwd_op(h, b, alpha, eps)[0]
     return residual_update_torch(h, b, alpha, eps)
 
+# ---------------------------------------------------------------------------- norm_rows_ (train_ngpt2.py)
+# nGPT's post-step projection of its matrices' rows or columns onto the sphere, in place, one launch per group of
+# same-shape matrices (2 + 4L matrices of 4 or 5 shapes): the program's matrix is its offset from the group's first.
+
+if triton is not None:
+
+    @triton.jit
+    def _norm_rows_kernel(X, OFFSETS, n_rows, D, eps, stride_r, stride_c,
+                          BLOCK: tl.constexpr, ROWS: tl.constexpr, CHUNKED: tl.constexpr, ALIGN: tl.constexpr):
+        # program (i, m): rows [i*ROWS, (i+1)*ROWS) of matrix m, which starts OFFSETS[m] elements after X
+        X += tl.multiple_of(tl.load(OFFSETS + tl.program_id(1)), ALIGN)
+        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rmask = r < n_rows
+        rows = X + r.to(tl.int64)[:, None] * stride_r
+        cols = tl.arange(0, BLOCK)
+        if CHUNKED:  # rows too long for registers: the sum of squares chunk by chunk, then a second read to scale
+            sum_sq = tl.zeros([ROWS], dtype=tl.float32)
+            c0 = 0  # while loops, not range(): see _norm_scale_bwd_kernel
+            while c0 < D:
+                mask = rmask[:, None] & (c0 + cols < D)[None, :]
+                x = tl.load(rows + (c0 + cols)[None, :] * stride_c, mask=mask, other=0.0).to(tl.float32)
+                sum_sq += tl.sum(x * x, axis=1)
+                c0 += BLOCK
+            rstd = tl.rsqrt(sum_sq + eps)[:, None]
+            c0 = 0
+            while c0 < D:
+                mask = rmask[:, None] & (c0 + cols < D)[None, :]
+                ptrs = rows + (c0 + cols)[None, :] * stride_c
+                x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+                tl.store(ptrs, (x * rstd).to(X.dtype.element_ty), mask=mask)
+                c0 += BLOCK
+        else:
+            mask = rmask[:, None] & (cols < D)[None, :]
+            ptrs = rows + cols[None, :] * stride_c
+            x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.rsqrt(tl.sum(x * x, axis=1) + eps)
+            tl.store(ptrs, (x * rstd[:, None]).to(X.dtype.element_ty), mask=mask)
+
+def _norm_rows_tile(D, rows_adjacent):
+    """(block, rows, num_warps, chunked): _tile_config's tile while it is at most 32 fp32 values per thread (at 32
+    warps a thread gets 64 registers: an SM's 65,536 over 1,024 threads); a larger one (a weight's columns above
+    width 2048: 16 adjacent rows of next_pow2(D)) spills, so its rows go in chunks of 1,024 columns."""
+    block, rows, num_warps = _tile_config(D, rows_adjacent)
+    if block * rows <= 32 * 32 * 32:
+        return block, rows, num_warps, False
+    block = 1024
+    return block, rows, min(32, max(4, block * rows // 256)), True
+
+@functools.lru_cache(maxsize=64)
+def _offsets_table(offsets, device):
+    """A group's element offsets on the device, built once: parameters keep their storage from step to step, and a
+    copy to the GPU at each step would wait for the GPU."""
+    return torch.tensor(offsets, dtype=torch.int64, device=device)
+
+def _norm_rows_launch(group, eps):
+    """One launch for 2-D tensors of one shape, strides and dtype whose addresses are equal modulo 16 bytes."""
+    v0 = group[0]
+    _check_triton(v0)
+    n_rows, D = v0.shape
+    size = v0.element_size()
+    offsets = _offsets_table(tuple((v.data_ptr() - v0.data_ptr()) // size for v in group), v0.device)
+    block, rows, num_warps, chunked = _norm_rows_tile(D, rows_adjacent=v0.stride(0) == 1 and D > 1)
+    _norm_rows_kernel[(triton.cdiv(n_rows, rows), len(group))](
+        v0, offsets, n_rows, D, eps, v0.stride(0), v0.stride(1),
+        BLOCK=block, ROWS=rows, CHUNKED=chunked, ALIGN=16 // size, num_warps=num_warps)
+
 @torch.no_grad()
-def norm_rows_(v, eps, kernels):
-    """In place: each row of the 2-D v gets unit norm; any strides (v.t() normalizes a weight's columns). Returns v."""
-    if kernels == "triton":
-        _norm_scale_launch(v, None, eps, out=v)
-    else:
-        v.copy_(norm_scale_torch(v, None, eps))
-    return v
+def norm_rows_(vs, eps, kernels):
+    """In place: each row of each 2-D tensor in vs gets unit norm; any strides (w.t() normalizes w's columns).
+    Triton: one launch per group of tensors with the same shape, strides and dtype. Returns vs."""
+    if any(v.dim() != 2 for v in vs):
+        raise ValueError(f"norm_rows_: expected 2-D tensors, got shapes {[tuple(v.shape) for v in vs]}")
+    if kernels != "triton":
+        for v in vs:
+            v.copy_(norm_scale_torch(v, None, eps))
+        return vs
+    groups = {}
+    for v in vs:  # same address modulo 16 bytes: offsets in whole 16-byte units, the kernel's ALIGN
+        groups.setdefault((v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16), []).append(v)
+    for group in groups.values():
+        _norm_rows_launch(group, eps)
+    return vs
 
 # ---------------------------------------------------------------------------- the loss (both scripts)
 LOSS_CHUNK = 2**27  # logits per chunk of the loss, 0.5 GiB in fp32: the speedrun's 64 x 1024 x 50304 in 25 chunks
@@ -482,7 +576,10 @@ def check(device, log):
             "add_norm": (lambda t, k: add_norm(t[0], t[1], t[2], 1e-6, k), [rand(6, 40), rand(6, 40), rand(40)]),
             "residual_update": (lambda t, k: [residual_update(t[0], t[1], t[2], 1e-6, k)],
                                 [rand(6, 40), rand(6, 40), rand(40, scale=0.1).abs()]),
-            "norm_rows_": (lambda t, k: [norm_rows_(t[0].detach().clone().t(), 1e-6, k)], [rand(40, 6)]),
+            "norm_rows_": (lambda t, k: norm_rows_([t[0].detach().clone().t(), t[1].detach().clone(),
+                                                    t[2].detach().clone().t()], 1e-6, k),
+                           [rand(40, 6), rand(6, 40), rand(40, 6)]),  # columns twice: one launch for both
+            "norm_rows_ chunked": (lambda t, k: norm_rows_([t[0].detach().clone().t()], 1e-6, k), [rand(2100, 16)]),
         }
         for name, (op, inputs) in cases.items():
             try:

@@ -291,6 +291,7 @@ class GPT(nn.Module):
 @torch.no_grad()
 def normalize_weights_(pairs, eps, kernels):
     """In place: for (w, dim) in pairs, give each vector along `dim` of the 2-D w unit norm (1: rows, 0: columns)."""
+    rows = []  # every matrix as rows, normalized together: one kernel launch per shape
     for w, dim in pairs:
         if w.dim() != 2 or dim not in (0, 1):
             raise ValueError(f"normalize_weights_: expected a 2-D weight and dim 0 or 1, got {tuple(w.shape)}, "
@@ -302,8 +303,8 @@ def normalize_weights_(pairs, eps, kernels):
                 dist.all_reduce(sum_sq)
                 w.copy_(w.float() * torch.rsqrt(sum_sq + eps))
                 continue
-        v = w if dim == 1 else w.t()  # columns = rows of the transposed view: same memory, no copy
-        norm_rows_(v, eps, kernels)
+        rows.append(w if dim == 1 else w.t())  # columns = rows of the transposed view: same memory, no copy
+    norm_rows_(rows, eps, kernels)
 
 # ============================================================================ data loader
 MAGIC, HEADER_INTS, TOKEN_DTYPES = 20240520, 256, {1: np.uint16, 2: np.uint32}

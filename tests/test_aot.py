@@ -1,10 +1,10 @@
 """Ahead-of-time compile of every Triton kernel (kernels.py) for H100 (sm_90) and A100 (sm_80), no GPU needed.
 
-The launchers run on small CPU tensors with the kernel launch replaced by a recorder, so the
-block sizes, warps, dtypes and integer/alignment specializations are exactly those training picks at the speedrun
-(D=768, head_dim 64) and 1B (D=2048, head_dim 128) shapes, in fp32, bf16 and the autocast mix (fp32 residual,
-bf16 branch). Each recorded launch is compiled by Triton's own compiler for the target, and its PTX is
-assembled again with the bundled ptxas -v to read register and spill counts. A compile error or a spill fails.
+The launchers run on small CPU tensors with the kernel launch replaced by a recorder, so the block sizes, warps,
+dtypes and integer/alignment specializations are exactly those training picks at every preset's width and head
+size (both scripts' PRESETS), in fp32, bf16 and the autocast mix (fp32 residual, bf16 branch and norm output).
+Each recorded launch is compiled by Triton's own compiler for the target, and its PTX is assembled again with the
+bundled ptxas -v to read register and spill counts. A compile error or a spill fails.
 
 python -m pytest tests/test_aot.py          # the test (compiles in a subprocess without TRITON_INTERPRET)
 python tests/test_aot.py 90                 # one JSON line per compiled kernel (sm_90)
@@ -19,8 +19,27 @@ import tempfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = {"speedrun": (768, 12), "1B": (2048, 16)}  # (n_embd, n_head)
 ROWS = 256  # rows per recorded launch: a multiple of 16 like 65,536 tokens, so the specializations match training
+
+
+def preset_shapes():
+    """{(n_embd, n_head)} over both scripts' presets."""
+    import train_gpt2
+    import train_ngpt2
+
+    return sorted({(n_embd, n_head) for module in (train_gpt2, train_ngpt2)
+                   for _, n_head, n_embd, _ in module.PRESETS.values()})
+
+
+def expected_blocks():
+    """The BLOCK of every tile the launchers' heuristics pick at the preset shapes."""
+    import kernels as K
+
+    blocks = set()
+    for D, n_head in preset_shapes():
+        blocks |= {K._tile_config(D)[0], K._tile_config(D // n_head)[0]}
+        blocks |= {K._norm_rows_tile(D, rows_adjacent)[0] for rows_adjacent in (False, True)}
+    return blocks
 
 
 def record_launches():
@@ -34,21 +53,24 @@ def record_launches():
     K._check_triton = lambda t: None  # CPU tensors stand in for CUDA ones; nothing is launched
     f32, bf16 = torch.float32, torch.bfloat16
     eps = 1e-6
-    for D, n_head in SHAPES.values():
+    for D, n_head in preset_shapes():
         hd = D // n_head
         for dtype in (f32, bf16):
             for x, scale in ((torch.randn(ROWS, D, dtype=dtype), torch.randn(D)),  # RMSNorm
                              (torch.randn(ROWS * n_head, hd, dtype=dtype), torch.randn(n_head, hd))):  # QK-norm
-                y, rstd = K._norm_scale_launch(x, scale, eps)
-                K._norm_scale_bwd_launch(torch.randn_like(y), x, scale, rstd)
-            for w in (torch.randn(4 * D, D, dtype=dtype), torch.randn(D, 4 * D, dtype=dtype).t()):  # rows, columns
-                K.norm_rows_(w, eps, "triton")
+                for out_dtype in {dtype, bf16}:  # bf16: an fp32 input's norm under autocast
+                    y, rstd = K._norm_scale_launch(x, scale, eps, out_dtype)
+                    K._norm_scale_bwd_launch(torch.randn_like(y), x, scale, rstd)
+            # nGPT's post-step renorm, two matrices per launch: rows (dim 1), and columns (dim 0) as rows of w.t()
+            K.norm_rows_(list(torch.randn(2, ROWS, D, dtype=dtype).unbind(0)), eps, "triton")
+            K.norm_rows_([w.t() for w in torch.randn(2, D, ROWS, dtype=dtype).unbind(0)], eps, "triton")
         for h_dtype, b_dtype in ((f32, f32), (bf16, bf16), (f32, bf16)):  # the last: fp32 residual under autocast
             h, b, alpha = torch.randn(ROWS, D, dtype=h_dtype), torch.randn(ROWS, D, dtype=b_dtype), torch.rand(D)
             _, rstd_b, rstd_u = K._residual_fwd_op(h, b, alpha, eps)
             K._residual_bwd_op(torch.randn_like(h), h, b, alpha, rstd_b, rstd_u)
-            res, y, rstd = K._add_norm_fwd_op(h, b, alpha, eps)
-            K._add_norm_bwd_op(torch.randn_like(res), torch.randn_like(y), res, alpha, rstd, h_dtype, b_dtype)
+            for y_dtype in {torch.promote_types(h_dtype, b_dtype), bf16}:  # bf16: y under autocast
+                res, y, rstd = K._add_norm_fwd_op(h, b, alpha, eps, y_dtype)
+                K._add_norm_bwd_op(torch.randn_like(res), torch.randn_like(y), res, alpha, rstd, h_dtype, b_dtype)
     kernels = {name: obj for name, obj in vars(K).items() if isinstance(obj, triton.runtime.jit.JITFunction)}
     return calls, kernels
 
@@ -126,7 +148,7 @@ def test_every_kernel_compiles_without_spills(capability, tmp_path):
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     compiled, kernels = lines[:-1], lines[-1]["all_kernels"]
     assert {c["kernel"] for c in compiled} == set(kernels)  # every @triton.jit kernel of kernels.py
-    assert {c["BLOCK"] for c in compiled} >= {64, 128, 1024, 2048}  # head dims and both widths
+    assert {c["BLOCK"] for c in compiled} == expected_blocks()  # every tile the heuristics pick at the presets
     spilled = [c for c in compiled if c["spill_bytes"]]
     assert not spilled, f"register spills on sm_{capability}: {spilled}"
 

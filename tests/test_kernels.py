@@ -217,6 +217,143 @@ def test_add_norm_only_one_output_used():
         torch.testing.assert_close(g, g_ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("kernel_set", ["triton", "torch"])
+def test_autocast_norm_outputs_in_autocast_dtype_residual_fp32(kernel_set):
+    # under autocast a norm's output feeds a matmul: written in bf16 by both implementations, its gradient taken
+    # in bf16; the residual stays fp32. Without autocast the dtypes are the inputs' (fp32 here)
+    torch.manual_seed(0)
+    x, b, scale = torch.randn(6, 40), torch.randn(6, 40).bfloat16(), torch.randn(40)
+    leaves = [t.detach().requires_grad_() for t in (x, b, scale)]
+    device = "cuda" if CUDA else "cpu"
+    with torch.autocast(device, dtype=torch.bfloat16):
+        res, y = kernels.add_norm(*leaves, EPS, kernel_set)
+        z = kernels.norm_scale(leaves[0], leaves[2], EPS, kernel_set)
+    assert (res.dtype, y.dtype, z.dtype) == (torch.float32, torch.bfloat16, torch.bfloat16)
+    res_ref, y_ref = kernels.add_norm_torch(*leaves, EPS)  # fp32 outputs, rounded to bf16 below
+    torch.testing.assert_close(res, res_ref, atol=0, rtol=0)
+    torch.testing.assert_close(y, y_ref.bfloat16(), **TOL[torch.bfloat16])
+    torch.testing.assert_close(z, kernels.norm_scale_torch(leaves[0], leaves[2], EPS).bfloat16(), **TOL[torch.bfloat16])
+    got = torch.autograd.grad([res, y, z], leaves, [torch.ones_like(res), torch.ones_like(y), torch.ones_like(z)])
+    for g, t in zip(got, leaves):
+        assert g.dtype == t.dtype and torch.isfinite(g).all() and g.abs().sum() > 0
+    r, y32 = kernels.add_norm(x, x, scale, EPS, kernel_set)
+    assert r.dtype == y32.dtype == kernels.norm_scale(x, scale, EPS, kernel_set).dtype == torch.float32
+
+
+def test_autocast_both_kernel_sets_same_dtypes_and_gradients():
+    torch.manual_seed(0)
+    x, b, scale = torch.randn(2, 3, 40), torch.randn(2, 3, 40).bfloat16(), torch.randn(40)
+    outputs = {}
+    for kernel_set in ("triton", "torch"):
+        leaves = [t.detach().requires_grad_() for t in (x, b, scale)]
+        with torch.autocast("cuda" if CUDA else "cpu", dtype=torch.bfloat16):
+            res, y = kernels.add_norm(*leaves, EPS, kernel_set)
+            z = kernels.norm_scale(y, None, EPS, kernel_set)
+        dys = [torch.linspace(-1, 1, res.numel()).view(res.shape).to(t.dtype) for t in (res, z)]
+        outputs[kernel_set] = [res, z] + list(torch.autograd.grad([res, z], leaves, dys))
+    for a, b_ in zip(outputs["triton"], outputs["torch"]):
+        assert a.dtype == b_.dtype
+        torch.testing.assert_close(a, b_, **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("kernel_set", ["triton", "torch"])
+def test_gpt_linears_read_bf16_norm_outputs_under_autocast(kernel_set):
+    # every Linear fed by a norm (qkv, fc, lm_head) gets its input in bf16, with no cast of its own, and the
+    # residual stream between blocks stays fp32
+    hp = train_gpt2.parse_args(["--n_layer=2", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--mup_base_width=32",
+                                f"--kernels={kernel_set}"])
+    model = train_gpt2.GPT(hp)
+    seen = {}
+    for name, module in model.named_modules():
+        if name.endswith(("qkv", "fc", "lm_head")):
+            module.register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0].dtype))
+    streams = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, args, out: streams.append(out[0].dtype))
+    idx = torch.randint(64, (2, 8))
+    with torch.autocast("cuda" if CUDA else "cpu", dtype=torch.bfloat16):
+        loss = model(idx, idx)
+    loss.backward()
+    assert len(seen) == 5 and set(seen.values()) == {torch.bfloat16}, seen
+    assert streams == [torch.float32, torch.float32]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_compile_under_autocast_no_graph_break():
+    def f(x, b, scale):
+        res, y = kernels.add_norm(x, b, scale, EPS, "triton")
+        return res.sum() + kernels.norm_scale(y, scale, EPS, "triton").float().sum()
+
+    torch._dynamo.reset()
+    args = [torch.randn(4, 32), torch.randn(4, 32).bfloat16(), torch.randn(32)]
+    with torch.autocast("cuda" if CUDA else "cpu", dtype=torch.bfloat16):
+        assert torch._dynamo.explain(f)(*args).graph_break_count == 0
+        torch.testing.assert_close(torch.compile(f, backend="aot_eager", fullgraph=True)(*args), f(*args))
+
+
+class LaunchCounter:
+    def __init__(self, fn):
+        self.fn, self.launches = fn, []
+
+    def __getitem__(self, grid):
+        self.launches.append(grid)
+        return self.fn[grid]
+
+
+def test_norm_rows_batched_equals_one_launch_each(monkeypatch):
+    torch.manual_seed(0)
+    ws = [torch.randn(24, 40), torch.randn(24, 40), torch.randn(40, 24), torch.randn(40, 24), torch.randn(40, 24),
+          torch.randn(24, 40).bfloat16(), torch.randn(30, 41)[:, :40]]  # the last: row stride 41
+    views = [ws[0], ws[1], ws[2].t(), ws[3].t(), ws[4], ws[5], ws[6]]
+    alone = [v.clone() for v in views]  # contiguous copies: other strides, their own launch each
+    alone[2], alone[3] = ws[2].clone().t(), ws[3].clone().t()  # keep the column strides
+    counter = LaunchCounter(kernels._norm_rows_kernel)
+    monkeypatch.setattr(kernels, "_norm_rows_kernel", counter)
+    for v in alone:
+        kernels.norm_rows_([v], EPS, "triton")
+    assert len(counter.launches) == len(alone)
+    counter.launches.clear()
+    assert kernels.norm_rows_(views, EPS, "triton") is views
+    assert len(counter.launches) == 5  # rows fp32 (2 matrices), columns (2), rows 40x24, rows bf16, row stride 41
+    for v, a in zip(views, alone):
+        assert torch.equal(v, a)
+        torch.testing.assert_close(v.float().norm(dim=1), torch.ones(v.shape[0]), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_rows_wide_columns_in_chunks(dtype):
+    # a weight's columns at width > 2048 do not fit in registers: two passes over 1024-column chunks
+    D = 2100
+    assert kernels._norm_rows_tile(D, rows_adjacent=True)[3] and not kernels._norm_rows_tile(D, False)[3]
+    torch.manual_seed(0)
+    w = torch.randn(D, 20).to(dtype)  # (out, in): dim 0 normalized through w.t(), rows adjacent in memory
+    ref = w.clone()
+    kernels.norm_rows_([w.t()], EPS, "triton")
+    kernels.norm_rows_([ref.t()], EPS, "torch")
+    torch.testing.assert_close(w, ref, **TOL[dtype])
+    torch.testing.assert_close(w.float().norm(dim=0), torch.ones(20), atol=1e-2 if dtype == torch.bfloat16 else 1e-5,
+                               rtol=0)
+
+
+def test_ngpt_post_step_one_launch_per_shape(monkeypatch):
+    hp = train_ngpt2.parse_args(["--n_layer=3", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--kernels=triton"])
+    model = train_ngpt2.GPT(hp)
+    ref = train_ngpt2.GPT(hp)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), ref.parameters()):
+            p.mul_(1.5)
+            q.copy_(p)
+    counter = LaunchCounter(kernels._norm_rows_kernel)
+    monkeypatch.setattr(kernels, "_norm_rows_kernel", counter)
+    model.post_step()
+    shapes = {(tuple(w.shape), dim) for w, dim in model.normalized_matrices()}
+    assert len(counter.launches) == len(shapes) == 5  # embed and lm_head, qkv, attn proj, fc, mlp proj: not 2 + 4L
+    for w, dim in ref.normalized_matrices():  # one launch per matrix: the same bits
+        kernels.norm_rows_([w.detach() if dim == 1 else w.detach().t()], hp.norm_eps, "triton")
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_normalize_weights(dtype):
     torch.manual_seed(0)
@@ -366,7 +503,7 @@ def test_self_check_stops_on_a_broken_kernel_naming_the_fallback(monkeypatch, fa
 def test_a_run_on_a_broken_kernel_stops_before_training(monkeypatch, tmp_path):
     for split in ("train_000001", "val_000000"):
         write_shard(tmp_path / f"k_{split}.bin", np.arange(3000) * 7 % 64)
-    monkeypatch.setattr(kernels, "_add_norm_fwd_op", lambda x, b, scale, eps: (x + b, x + b, x.new_ones(1)))
+    monkeypatch.setattr(kernels, "_add_norm_fwd_op", lambda x, b, scale, eps, y_dtype: (x + b, x + b, x.new_ones(1)))
     with pytest.raises(SystemExit) as err:
         train_gpt2.main([f"--input_bin={tmp_path}/k_train_*.bin", f"--input_val_bin={tmp_path}/k_val_*.bin",
                          "--vocab_size=64", "--n_layer=1", "--n_head=2", "--n_embd=32", "--sequence_length=16",
