@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-import kernels
+import ops
 import train_gpt2
 import train_ngpt2
 from optim import build_optimizers, optimizer_step
@@ -77,14 +77,14 @@ def kernel_cases(D, n_head, tokens, stream):
     q = torch.randn(tokens, n_head, D // n_head, device=DEVICE, dtype=bf16)
     n, es, eb = tokens * D, x.element_size(), 2
     return [
-        ("gpt_add_norm", lambda x, b, s: kernels.add_norm(x, b, s, EPS, "triton"),
-         lambda x, b, s: kernels.add_norm(x, b, s, EPS, "torch"), [x, b, torch.randn(D, device=DEVICE)],
+        ("gpt_add_norm", lambda x, b, s: ops.add_norm(x, b, s, EPS, "triton"),
+         lambda x, b, s: ops.add_norm(x, b, s, EPS, "torch"), [x, b, torch.randn(D, device=DEVICE)],
          n * (3 * es + eb), n * (3 * es + eb + 4 * es + eb)),  # fwd: x, b -> res, y; bwd: dres, dy, res -> dx, db
-        ("ngpt_qk_norm", lambda q, s: kernels.norm_scale(q, s, EPS, "triton"),
-         lambda q, s: kernels.norm_scale_torch(q, s, EPS), [q, torch.randn(n_head, D // n_head, device=DEVICE)],
+        ("ngpt_qk_norm", lambda q, s: ops.norm_scale(q, s, EPS, "triton"),
+         lambda q, s: ops.norm_scale_torch(q, s, EPS), [q, torch.randn(n_head, D // n_head, device=DEVICE)],
          n * 2 * eb, n * 5 * eb),  # fwd: q -> y; bwd: dy, q -> dq
-        ("ngpt_residual", lambda h, b, a: kernels.residual_update(h, b, a, EPS, "triton"),
-         lambda h, b, a: kernels.residual_update_torch(h, b, a, EPS), [h, b, torch.rand(D, device=DEVICE)],
+        ("ngpt_residual", lambda h, b, a: ops.residual_update(h, b, a, EPS, "triton"),
+         lambda h, b, a: ops.residual_update_torch(h, b, a, EPS), [h, b, torch.rand(D, device=DEVICE)],
          n * (2 * es + eb), n * (2 * es + eb + 3 * es + 2 * eb)),  # fwd: h, b -> out; bwd: dout, h, b -> dh, db
     ]
 
@@ -273,14 +273,14 @@ def bench_steps(args, run_triton, renorm_ms):
 
 def benchmark(args):
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    run_triton = kernels.triton is not None and (CUDA or interpreting)
+    run_triton = ops.triton is not None and (CUDA or interpreting)
     emit(f"bench device:{device_name()} torch:{torch.__version__} triton:{triton_version()} "
          f"interpret:{int(interpreting)} quick:{int(args.quick)}")
     if not CUDA:
         emit("note: CPU run: every ms, GB/s, copy_pct, speedup, ratio and tokens_per_s below is meaningless (CPU "
              "threads and Triton's interpreter, not a GPU); only that each path runs is checked")
     if not run_triton:
-        emit("note: triton rows skipped (" + ("triton is not installed" if kernels.triton is None else
+        emit("note: triton rows skipped (" + ("triton is not installed" if ops.triton is None else
                                                 "CPU tensors need TRITON_INTERPRET=1") + ")")
     copy_gbs = copy_bandwidth(2**28 if CUDA else 2**20, args.reps)  # 1 GiB on CUDA: far beyond L2
     emit(f"copy: GB/s:{copy_gbs:.1f}")
@@ -298,7 +298,7 @@ def device_name():
 
 
 def triton_version():
-    return getattr(kernels.triton, "__version__", None)
+    return getattr(ops.triton, "__version__", None)
 
 
 def main(argv=None):

@@ -264,7 +264,7 @@ def log_run(hp, cfg, script, device, world, micro_batches, use_compile):
            f"kernels:{hp.kernels} activation_checkpointing:{hp.activation_checkpointing}")
 
 def environment_report(device):
-    triton = sys.modules.get("triton")  # imported by kernels.py when installed
+    triton = sys.modules.get("triton")  # imported by ops.py when installed
     lines = [f"python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
              f"cuda:{torch.version.cuda} triton:{getattr(triton, '__version__', None)}"]
     if device == "cuda":

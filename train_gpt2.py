@@ -1,6 +1,6 @@
 """One side of the GPT-2 vs nGPT A/B (nGPT: arXiv 2410.01131, section 2.6). Only the model section and the
 model's hyperparameter defaults differ between train_gpt2.py and train_ngpt2.py: `diff` shows what nGPT changes.
-The Triton kernels are in kernels.py, processes, checkpoints and the run log in runtime.py.
+The Triton kernels are in ops.py, processes, checkpoints and the run log in runtime.py.
 
 python train_gpt2.py --help                          # every hyperparameter, its default and meaning
 python train_ngpt2.py --n_layer=4 --device=cpu       # any field as --name=value
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint as recompute
 
-import kernels
+import ops
 import optim
 import runtime
 from optim import build_optimizers, optimizer_step
@@ -118,7 +118,7 @@ def parse_args(argv):
     return hp
 
 # ============================================================================ model
-from kernels import add_norm, chunked_cross_entropy, norm_scale  # fused Triton kernels, or plain torch
+from ops import add_norm, chunked_cross_entropy, norm_scale  # fused Triton kernels, or plain torch
 
 class Rotary(nn.Module):
     """Rotary position embedding over (batch, time, head, head_dim) tensors."""
@@ -470,7 +470,7 @@ def main(argv=None):
     master = rank == 0
     on_cuda = device.startswith("cuda")
     if not hp.kernels:
-        hp.kernels = "triton" if on_cuda and kernels.triton is not None else "torch"
+        hp.kernels = "triton" if on_cuda and ops.triton is not None else "torch"
     use_compile = hp.compile == "1" or (hp.compile == "" and on_cuda)
     if hp.batch_size % (hp.device_batch_size * world):
         sys.exit(f"error: batch_size={hp.batch_size} must be a multiple of device_batch_size * processes = "
@@ -478,9 +478,9 @@ def main(argv=None):
     micro_batches = hp.batch_size // (hp.device_batch_size * world)
     compute_bf16 = on_cuda or hp.param_dtype == "bfloat16"  # else fp32 on CPU
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if compute_bf16 else nullcontext()
-    resume = open_run(hp, [__file__, kernels.__file__, runtime.__file__, optim.__file__], master, on_cuda)
+    resume = open_run(hp, [__file__, ops.__file__, runtime.__file__, optim.__file__], master, on_cuda)
     if hp.kernels == "triton":  # no kernel is trusted untested: each against its torch reference, before any step
-        kernels.check(device, print0)
+        ops.check(device, print0)
 
     # ------------------------------------------------------------------------ model, optimizer, data, resume
     torch.manual_seed(hp.seed)  # the same initialization on every rank and device

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 import bench
-import kernels
+import ops
 import train_gpt2
 from optim import optimizer_step
 from tune import memory
@@ -371,7 +371,7 @@ def validate(args, argv, started):
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("nvidia", "")).strip("_")
     header = (f"# GPU validation on {name}, {datetime.date.today()}\n\n"
               f"`python {shlex.join(['validate.py'] + argv)}` with torch {torch.__version__} and triton "
-              f"{getattr(kernels.triton, '__version__', None)}. Each stage's result line, commands and files below; "
+              f"{getattr(ops.triton, '__version__', None)}. Each stage's result line, commands and files below; "
               f"what the stages check and what to do when one fails: docs/gpu_validation.md.\n")
     path = args.record_dir = os.path.abspath(args.record_dir or os.path.join(
         ROOT, "records", f"{datetime.date.today()}_gpu_validation_{slug}"))

@@ -14,7 +14,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-import kernels
+import ops
 from data.encoders import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def build_model(path, ckpt, device):
     hp = module.Hyperparameters(**{k: v for k, v in ckpt["hyperparameters"].items() if k in names})
     hp.device = device
     hp.kernels = "torch"  # the Triton kernels need CUDA; on a GPU they are the default, as in training
-    if device == "cuda" and kernels.triton is not None:
+    if device == "cuda" and ops.triton is not None:
         hp.kernels = "triton"
     hp.activation_checkpointing = 0  # nothing is kept for a backward pass here
     model = module.build_model(hp)  # the script's own build: bf16 matrices when training stored them so

@@ -22,11 +22,11 @@ import torch
 
 from evals.common import Loaded, generate, load_tokenizer, read_checkpoint
 
-from evals.hf import import_transformers
-
-transformers = import_transformers()  # None without it: main() says how to install it
-if transformers is not None:
+try:
+    import transformers
     from huggingface_hub import HfApi
+except ImportError:  # main() says how to install them
+    transformers = None
 
 HF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf")
 NGPT_FILES = ("configuration_ngpt.py", "modeling_ngpt.py")
@@ -83,9 +83,10 @@ def llama_model(loaded, doc_start):
     sign = torch.ones(head_dim)
     sign[head_dim // 2:] = -1
     sign = sign.repeat(hp.n_head)[:, None]
-    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.final_norm.gain,
+    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.blocks[-1].norm_out.gain,
              "lm_head.weight": model.lm_head.weight / model.width_mult}
-    for i, block in enumerate(model.blocks):
+    input_norms = [model.norm_in] + [block.norm_out for block in model.blocks[:-1]]  # each block owns the next's
+    for i, (block, input_norm) in enumerate(zip(model.blocks, input_norms)):
         pre = f"model.layers.{i}."
         q, k, v = block.attn.qkv.weight.chunk(3, dim=0)
         up, gate = block.mlp.fc.weight.chunk(2, dim=0)
@@ -93,7 +94,7 @@ def llama_model(loaded, doc_start):
                       pre + "self_attn.v_proj.weight": v, pre + "self_attn.o_proj.weight": block.attn.proj.weight,
                       pre + "mlp.up_proj.weight": up, pre + "mlp.gate_proj.weight": gate,
                       pre + "mlp.down_proj.weight": block.mlp.proj.weight,
-                      pre + "input_layernorm.weight": block.norm1.gain,
+                      pre + "input_layernorm.weight": input_norm.gain,
                       pre + "post_attention_layernorm.weight": block.norm2.gain})
     with torch.device("meta"):
         hf = transformers.LlamaForCausalLM(config)

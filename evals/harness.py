@@ -13,6 +13,7 @@ folder (config.json inside) is read by lm-eval's own `hf` backend (HFLM, trust_r
 lines are printed only (the folder has no run log).
 """
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -22,7 +23,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evals.common import Loaded, add_args, generate, load_tokenizer, pick_device
-from evals.hf import import_transformers
 
 try:
     from lm_eval.api.model import LM
@@ -118,7 +118,7 @@ def log_rows(results):
 
 def export_lm(path, device, batch_size):
     """lm-eval's `hf` backend (HFLM) on a folder written by python -m evals.export."""
-    if import_transformers() is None:
+    if importlib.util.find_spec("transformers") is None:
         sys.exit("error: an exported folder is read with transformers; install it with pip install -r "
                  "evals/requirements.txt")
     try:

@@ -1,4 +1,4 @@
-"""Ahead-of-time compile of every Triton kernel (kernels.py) for H100 (sm_90) and A100 (sm_80), no GPU needed.
+"""Ahead-of-time compile of every Triton kernel (ops.py) for H100 (sm_90) and A100 (sm_80), no GPU needed.
 
 The launchers run on small CPU tensors with the kernel launch replaced by a recorder, so the block sizes, warps,
 dtypes and integer/alignment specializations are exactly those training picks at every preset's width and head
@@ -33,7 +33,7 @@ def preset_shapes():
 
 def expected_blocks():
     """The BLOCK of every tile the launchers' heuristics pick at the preset shapes."""
-    import kernels as K
+    import ops as K
 
     blocks = set()
     for D, n_head in preset_shapes():
@@ -46,7 +46,7 @@ def record_launches():
     """Every kernel launch the launchers make at the training shapes: (jit function, args, kwargs)."""
     import torch
     import triton
-    import kernels as K  # kernels.py
+    import ops as K  # ops.py
 
     calls = []
     triton.runtime.jit.JITFunction.__getitem__ = lambda fn, grid: lambda *a, **kw: calls.append((fn, a, kw))
@@ -147,7 +147,7 @@ def test_every_kernel_compiles_without_spills(capability, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     compiled, kernels = lines[:-1], lines[-1]["all_kernels"]
-    assert {c["kernel"] for c in compiled} == set(kernels)  # every @triton.jit kernel of kernels.py
+    assert {c["kernel"] for c in compiled} == set(kernels)  # every @triton.jit kernel of ops.py
     assert {c["BLOCK"] for c in compiled} == expected_blocks()  # every tile the heuristics pick at the presets
     spilled = [c for c in compiled if c["spill_bytes"]]
     assert not spilled, f"register spills on sm_{capability}: {spilled}"

@@ -334,7 +334,7 @@ def test_a_log_with_the_sources_of_several_files_reads_as_the_old_one(tmp_path):
     text = old.read_text()
     code = "step:1/40 val_loss:0.5000 train_time:1ms\nscript:other.py\nparameters:7 x\n"  # look-alikes at column 0
     new = tmp_path / "new.txt"
-    new.write_text("".join(f"{'=' * 40} source:{name}\n{code}" for name in ("train_gpt2.py", "kernels.py"))
+    new.write_text("".join(f"{'=' * 40} source:{name}\n{code}" for name in ("train_gpt2.py", "ops.py"))
                    + "=" * 100 + "\n" + text)
     a, b = curves.parse_log(str(old)), curves.parse_log(str(new))
     assert (b.script, b.hp, b.val, b.params) == (a.script, a.hp, a.val, a.params) and b.script == "train_gpt2.py"

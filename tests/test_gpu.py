@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
+import ops
 import train_gpt2
 import train_ngpt2
 from conftest import write_shard
@@ -50,14 +50,14 @@ def test_kernels_at_real_shapes(D, n_head, dtype):
         scale, alpha = torch.randn(D), torch.rand(D)
         w = torch.randn(4 * D, D, dtype=dtype)
     tol = TOL[torch.bfloat16]  # every case has a bf16 operand
-    check(lambda *a: kernels.add_norm(*a, EPS, "triton"), lambda *a: kernels.add_norm(*a, EPS, "torch"),
+    check(lambda *a: ops.add_norm(*a, EPS, "triton"), lambda *a: ops.add_norm(*a, EPS, "torch"),
           [x, b, scale], tol)
-    check(lambda *a: kernels.norm_scale(*a, EPS, "triton"), lambda *a: kernels.norm_scale_torch(*a, EPS),
+    check(lambda *a: ops.norm_scale(*a, EPS, "triton"), lambda *a: ops.norm_scale_torch(*a, EPS),
           [x, scale], TOL[dtype])
-    check(lambda *a: kernels.norm_scale(*a, EPS, "triton"), lambda *a: kernels.norm_scale_torch(*a, EPS),
+    check(lambda *a: ops.norm_scale(*a, EPS, "triton"), lambda *a: ops.norm_scale_torch(*a, EPS),
           [q, s_qk], tol)
-    check(lambda *a: kernels.residual_update(*a, EPS, "triton"),
-          lambda *a: kernels.residual_update_torch(*a, EPS), [h, b, alpha], tol)
+    check(lambda *a: ops.residual_update(*a, EPS, "triton"),
+          lambda *a: ops.residual_update_torch(*a, EPS), [h, b, alpha], tol)
     pairs, refs = [(w.clone(), 1), (w.clone(), 0)], [(w.clone(), 1), (w.clone(), 0)]
     train_ngpt2.normalize_weights_(pairs, EPS, "triton")
     train_ngpt2.normalize_weights_(refs, EPS, "torch")

@@ -1,4 +1,4 @@
-"""kernels.py's Triton kernels (norm_scale, add_norm, residual_update, norm_rows_) vs their plain-torch references,
+"""ops.py's Triton kernels (norm_scale, add_norm, residual_update, norm_rows_) vs their plain-torch references,
 and the self-check the scripts run before training on them.
 
 With a GPU the kernels run on CUDA; without one, on CPU tensors through Triton's interpreter (slow: shapes
@@ -16,13 +16,13 @@ import torch
 CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTERPRET=1 before any import of triton
 
 pytest.importorskip("triton")
-import kernels  # noqa: E402  (after the importorskip)
+import ops  # noqa: E402  (after the importorskip)
 import train_gpt2  # noqa: E402
 import train_ngpt2  # noqa: E402
 from conftest import write_shard  # noqa: E402
 
-if not CUDA and type(kernels._norm_scale_fwd_kernel).__name__ != "InterpretedFunction":
-    raise RuntimeError("tests/test_kernels.py: kernels.py was imported before TRITON_INTERPRET=1 was set "
+if not CUDA and type(ops._norm_scale_fwd_kernel).__name__ != "InterpretedFunction":
+    raise RuntimeError("tests/test_kernels.py: ops.py was imported before TRITON_INTERPRET=1 was set "
                        "(tests/conftest.py should have set it); run pytest with TRITON_INTERPRET=1 in the environment")
 
 
@@ -60,22 +60,22 @@ def test_norm_scale_fp32(D, rows, scale_shape):
     G = 2 if scale_shape == "GD" else 1  # 2 groups: several backward programs per group at D=100
     x = torch.randn(rows * G, D)
     scale = {"none": None, "D": torch.randn(D), "GD": torch.randn(G, D)}[scale_shape]
-    check_norm_scale(kernels, x, scale)
+    check_norm_scale(ops, x, scale)
 
 
 @pytest.mark.parametrize("D", [100, 768])
 def test_norm_scale_bf16(D):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, D).bfloat16()  # (B, T, heads, D) with a per-head scale, as nGPT's q and k
-    check_norm_scale(kernels, x, torch.randn(4, D), torch.bfloat16)
-    check_norm_scale(kernels, x, torch.randn(D).bfloat16(), torch.bfloat16)
+    check_norm_scale(ops, x, torch.randn(4, D), torch.bfloat16)
+    check_norm_scale(ops, x, torch.randn(D).bfloat16(), torch.bfloat16)
 
 
 def test_norm_scale_per_head_rows():
     # row r of the flattened (B*T*H, D) view must use scale[r % H]: compare against an explicit loop
     torch.manual_seed(0)
     x, scale = torch.randn(2, 5, 3, 16), torch.randn(3, 16)
-    y = kernels.norm_scale(x, scale, EPS, "triton")
+    y = ops.norm_scale(x, scale, EPS, "triton")
     for h in range(3):
         expected = x[:, :, h] / torch.sqrt(x[:, :, h].pow(2).sum(-1, keepdim=True) + EPS) * scale[h]
         torch.testing.assert_close(y[:, :, h], expected)
@@ -86,53 +86,53 @@ def test_norm_scale_zero_rows():
     x[[0, 4, 8]] = 0.0
     scale = torch.randn(100, requires_grad=True)
     xr = x.clone().requires_grad_()
-    y = kernels.norm_scale(xr, scale, EPS, "triton")
+    y = ops.norm_scale(xr, scale, EPS, "triton")
     assert torch.isfinite(y).all() and (y[[0, 4, 8]] == 0).all()
     y.sum().backward()
     assert torch.isfinite(xr.grad).all() and torch.isfinite(scale.grad).all()
-    check_norm_scale(kernels, x, scale)
+    check_norm_scale(ops, x, scale)
 
 
 def test_norm_scale_non_contiguous():
     torch.manual_seed(0)
-    check_norm_scale(kernels, torch.randn(100, 11).t(), torch.randn(100))  # column stride != 1
-    check_norm_scale(kernels, torch.randn(7, 130)[:, 5:105], torch.randn(100))  # row stride != D
+    check_norm_scale(ops, torch.randn(100, 11).t(), torch.randn(100))  # column stride != 1
+    check_norm_scale(ops, torch.randn(7, 130)[:, 5:105], torch.randn(100))  # row stride != D
     qkv = torch.randn(2, 3, 3 * 4 * 16)
     q = qkv[..., : 4 * 16].view(2, 3, 4, 16)  # a q slice of a fused qkv: not flattenable to 2-D without a copy
-    check_norm_scale(kernels, q, torch.randn(4, 16))
+    check_norm_scale(ops, q, torch.randn(4, 16))
     # a non-contiguous incoming gradient
     x = torch.randn(6, 100, requires_grad=True)
     dy = torch.randn(100, 6).t()
-    g = torch.autograd.grad(kernels.norm_scale(x, None, EPS, "triton"), x, dy)[0]
-    torch.testing.assert_close(g, torch.autograd.grad(kernels.norm_scale_torch(x, None, EPS), x, dy)[0])
+    g = torch.autograd.grad(ops.norm_scale(x, None, EPS, "triton"), x, dy)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(ops.norm_scale_torch(x, None, EPS), x, dy)[0])
 
 
 def test_norm_scale_bad_input():
     x = torch.randn(4, 10)
     with pytest.raises(ValueError, match="scale"):
-        kernels.norm_scale(x, torch.ones(3, 10), EPS, "triton")  # 3 does not divide 4 rows
+        ops.norm_scale(x, torch.ones(3, 10), EPS, "triton")  # 3 does not divide 4 rows
     with pytest.raises(ValueError, match="scale"):
-        kernels.norm_scale(x, torch.ones(9), EPS, "torch")
+        ops.norm_scale(x, torch.ones(9), EPS, "torch")
 
 
 def test_missing_triton_message(monkeypatch):
-    monkeypatch.setattr(kernels, "triton", None)
+    monkeypatch.setattr(ops, "triton", None)
     x = torch.randn(4, 10)
-    torch.testing.assert_close(kernels.norm_scale(x, None, EPS, "torch"), kernels.norm_scale_torch(x, None, EPS))
+    torch.testing.assert_close(ops.norm_scale(x, None, EPS, "torch"), ops.norm_scale_torch(x, None, EPS))
     with pytest.raises(RuntimeError, match="needs the triton package"):
-        kernels.norm_scale(x, None, EPS, "triton")
+        ops.norm_scale(x, None, EPS, "triton")
 
 
 def test_cpu_without_interpreter_message(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        kernels.norm_scale(torch.randn(4, 10, device="cpu"), None, EPS, "triton")
+        ops.norm_scale(torch.randn(4, 10, device="cpu"), None, EPS, "triton")
 
 
 def check_residual(h, b, alpha, dtype=torch.float32):
     h, b, alpha = (t.detach().requires_grad_() for t in (h, b, alpha))
-    out = kernels.residual_update(h, b, alpha, EPS, "triton")
-    ref = kernels.residual_update_torch(h, b, alpha, EPS)
+    out = ops.residual_update(h, b, alpha, EPS, "triton")
+    ref = ops.residual_update_torch(h, b, alpha, EPS)
     assert out.shape == h.shape and out.dtype == h.dtype
     torch.testing.assert_close(out, ref, **TOL[dtype])
     dy = torch.randn_like(out)
@@ -163,8 +163,8 @@ def test_residual_update_mixed_dtypes():
     torch.manual_seed(0)
     h = torch.nn.functional.normalize(torch.randn(9, 100), dim=-1).requires_grad_()
     b, alpha = torch.randn(9, 100).bfloat16().requires_grad_(), torch.rand(100, requires_grad=True)
-    out = kernels.residual_update(h, b, alpha, EPS, "triton")
-    ref = kernels.residual_update_torch(h, b, alpha, EPS)
+    out = ops.residual_update(h, b, alpha, EPS, "triton")
+    ref = ops.residual_update_torch(h, b, alpha, EPS)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref)
     dy = torch.randn_like(out)
@@ -175,8 +175,8 @@ def test_residual_update_mixed_dtypes():
 
 def check_add_norm(x, b, scale):
     x, b, scale = (t.detach().requires_grad_() for t in (x, b, scale))
-    res, y = kernels.add_norm(x, b, scale, EPS, "triton")
-    res_ref, y_ref = kernels.add_norm(x, b, scale, EPS, "torch")
+    res, y = ops.add_norm(x, b, scale, EPS, "triton")
+    res_ref, y_ref = ops.add_norm(x, b, scale, EPS, "torch")
     tol = TOL[torch.bfloat16 if torch.bfloat16 in (x.dtype, b.dtype) else torch.float32]
     assert res.dtype == y.dtype == res_ref.dtype and res.shape == x.shape
     exact = dict(atol=0, rtol=0) if res.dtype == torch.float32 else tol  # an fp32 add of fp32 or bf16 is exact
@@ -211,8 +211,8 @@ def test_add_norm_only_one_output_used():
     # the last block's residual is not used: its gradient arrives as zeros, not an error
     torch.manual_seed(0)
     x, b, scale = (t.requires_grad_() for t in (torch.randn(6, 32), torch.randn(6, 32), torch.randn(32)))
-    got = torch.autograd.grad(kernels.add_norm(x, b, scale, EPS, "triton")[1].sum(), [x, b, scale])
-    ref = torch.autograd.grad(kernels.add_norm(x, b, scale, EPS, "torch")[1].sum(), [x, b, scale])
+    got = torch.autograd.grad(ops.add_norm(x, b, scale, EPS, "triton")[1].sum(), [x, b, scale])
+    ref = torch.autograd.grad(ops.add_norm(x, b, scale, EPS, "torch")[1].sum(), [x, b, scale])
     for g, g_ref in zip(got, ref):
         torch.testing.assert_close(g, g_ref, **TOL[torch.float32])
 
@@ -226,18 +226,18 @@ def test_autocast_norm_outputs_in_autocast_dtype_residual_fp32(kernel_set):
     leaves = [t.detach().requires_grad_() for t in (x, b, scale)]
     device = "cuda" if CUDA else "cpu"
     with torch.autocast(device, dtype=torch.bfloat16):
-        res, y = kernels.add_norm(*leaves, EPS, kernel_set)
-        z = kernels.norm_scale(leaves[0], leaves[2], EPS, kernel_set)
+        res, y = ops.add_norm(*leaves, EPS, kernel_set)
+        z = ops.norm_scale(leaves[0], leaves[2], EPS, kernel_set)
     assert (res.dtype, y.dtype, z.dtype) == (torch.float32, torch.bfloat16, torch.bfloat16)
-    res_ref, y_ref = kernels.add_norm_torch(*leaves, EPS)  # fp32 outputs, rounded to bf16 below
+    res_ref, y_ref = ops.add_norm_torch(*leaves, EPS)  # fp32 outputs, rounded to bf16 below
     torch.testing.assert_close(res, res_ref, atol=0, rtol=0)
     torch.testing.assert_close(y, y_ref.bfloat16(), **TOL[torch.bfloat16])
-    torch.testing.assert_close(z, kernels.norm_scale_torch(leaves[0], leaves[2], EPS).bfloat16(), **TOL[torch.bfloat16])
+    torch.testing.assert_close(z, ops.norm_scale_torch(leaves[0], leaves[2], EPS).bfloat16(), **TOL[torch.bfloat16])
     got = torch.autograd.grad([res, y, z], leaves, [torch.ones_like(res), torch.ones_like(y), torch.ones_like(z)])
     for g, t in zip(got, leaves):
         assert g.dtype == t.dtype and torch.isfinite(g).all() and g.abs().sum() > 0
-    r, y32 = kernels.add_norm(x, x, scale, EPS, kernel_set)
-    assert r.dtype == y32.dtype == kernels.norm_scale(x, scale, EPS, kernel_set).dtype == torch.float32
+    r, y32 = ops.add_norm(x, x, scale, EPS, kernel_set)
+    assert r.dtype == y32.dtype == ops.norm_scale(x, scale, EPS, kernel_set).dtype == torch.float32
 
 
 def test_autocast_both_kernel_sets_same_dtypes_and_gradients():
@@ -247,8 +247,8 @@ def test_autocast_both_kernel_sets_same_dtypes_and_gradients():
     for kernel_set in ("triton", "torch"):
         leaves = [t.detach().requires_grad_() for t in (x, b, scale)]
         with torch.autocast("cuda" if CUDA else "cpu", dtype=torch.bfloat16):
-            res, y = kernels.add_norm(*leaves, EPS, kernel_set)
-            z = kernels.norm_scale(y, None, EPS, kernel_set)
+            res, y = ops.add_norm(*leaves, EPS, kernel_set)
+            z = ops.norm_scale(y, None, EPS, kernel_set)
         dys = [torch.linspace(-1, 1, res.numel()).view(res.shape).to(t.dtype) for t in (res, z)]
         outputs[kernel_set] = [res, z] + list(torch.autograd.grad([res, z], leaves, dys))
     for a, b_ in zip(outputs["triton"], outputs["torch"]):
@@ -281,8 +281,8 @@ def test_gpt_linears_read_bf16_norm_outputs_under_autocast(kernel_set):
 
 def test_compile_under_autocast_no_graph_break():
     def f(x, b, scale):
-        res, y = kernels.add_norm(x, b, scale, EPS, "triton")
-        return res.sum() + kernels.norm_scale(y, scale, EPS, "triton").float().sum()
+        res, y = ops.add_norm(x, b, scale, EPS, "triton")
+        return res.sum() + ops.norm_scale(y, scale, EPS, "triton").float().sum()
 
     torch._dynamo.reset()
     args = [torch.randn(4, 32), torch.randn(4, 32).bfloat16(), torch.randn(32)]
@@ -307,13 +307,13 @@ def test_norm_rows_batched_equals_one_launch_each(monkeypatch):
     views = [ws[0], ws[1], ws[2].t(), ws[3].t(), ws[4], ws[5], ws[6]]
     alone = [v.clone() for v in views]  # contiguous copies: other strides, their own launch each
     alone[2], alone[3] = ws[2].clone().t(), ws[3].clone().t()  # keep the column strides
-    counter = LaunchCounter(kernels._norm_rows_kernel)
-    monkeypatch.setattr(kernels, "_norm_rows_kernel", counter)
+    counter = LaunchCounter(ops._norm_rows_kernel)
+    monkeypatch.setattr(ops, "_norm_rows_kernel", counter)
     for v in alone:
-        kernels.norm_rows_([v], EPS, "triton")
+        ops.norm_rows_([v], EPS, "triton")
     assert len(counter.launches) == len(alone)
     counter.launches.clear()
-    assert kernels.norm_rows_(views, EPS, "triton") is views
+    assert ops.norm_rows_(views, EPS, "triton") is views
     assert len(counter.launches) == 5  # rows fp32 (2 matrices), columns (2), rows 40x24, rows bf16, row stride 41
     for v, a in zip(views, alone):
         assert torch.equal(v, a)
@@ -324,12 +324,12 @@ def test_norm_rows_batched_equals_one_launch_each(monkeypatch):
 def test_norm_rows_wide_columns_in_chunks(dtype):
     # a weight's columns at width > 2048 do not fit in registers: two passes over 1024-column chunks
     D = 2100
-    assert kernels._norm_rows_tile(D, rows_adjacent=True)[3] and not kernels._norm_rows_tile(D, False)[3]
+    assert ops._norm_rows_tile(D, rows_adjacent=True)[3] and not ops._norm_rows_tile(D, False)[3]
     torch.manual_seed(0)
     w = torch.randn(D, 20).to(dtype)  # (out, in): dim 0 normalized through w.t(), rows adjacent in memory
     ref = w.clone()
-    kernels.norm_rows_([w.t()], EPS, "triton")
-    kernels.norm_rows_([ref.t()], EPS, "torch")
+    ops.norm_rows_([w.t()], EPS, "triton")
+    ops.norm_rows_([ref.t()], EPS, "torch")
     torch.testing.assert_close(w, ref, **TOL[dtype])
     torch.testing.assert_close(w.float().norm(dim=0), torch.ones(20), atol=1e-2 if dtype == torch.bfloat16 else 1e-5,
                                rtol=0)
@@ -343,13 +343,13 @@ def test_ngpt_post_step_one_launch_per_shape(monkeypatch):
         for p, q in zip(model.parameters(), ref.parameters()):
             p.mul_(1.5)
             q.copy_(p)
-    counter = LaunchCounter(kernels._norm_rows_kernel)
-    monkeypatch.setattr(kernels, "_norm_rows_kernel", counter)
+    counter = LaunchCounter(ops._norm_rows_kernel)
+    monkeypatch.setattr(ops, "_norm_rows_kernel", counter)
     model.post_step()
     shapes = {(tuple(w.shape), dim) for w, dim in model.normalized_matrices()}
     assert len(counter.launches) == len(shapes) == 5  # embed and lm_head, qkv, attn proj, fc, mlp proj: not 2 + 4L
     for w, dim in ref.normalized_matrices():  # one launch per matrix: the same bits
-        kernels.norm_rows_([w.detach() if dim == 1 else w.detach().t()], hp.norm_eps, "triton")
+        ops.norm_rows_([w.detach() if dim == 1 else w.detach().t()], hp.norm_eps, "triton")
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.equal(p, q)
 
@@ -378,9 +378,9 @@ def test_normalize_weights_parameter_in_place():
 
 def test_compile_fullgraph_no_graph_break():
     def f(x, scale, h, alpha):
-        q = kernels.norm_scale(x, scale, EPS, "triton")
-        out = kernels.residual_update(h, q.flatten(-2), alpha, EPS, "triton")
-        res, y = kernels.add_norm(h, out, alpha, EPS, "triton")
+        q = ops.norm_scale(x, scale, EPS, "triton")
+        out = ops.residual_update(h, q.flatten(-2), alpha, EPS, "triton")
+        res, y = ops.add_norm(h, out, alpha, EPS, "triton")
         return (res * y).sum()
 
     torch._dynamo.reset()
@@ -471,7 +471,7 @@ def test_whole_model_traces_without_graph_break(module, extra):
 # ---------------------------------------------------------------------------- the self-check before training
 def run_check():
     lines = []
-    kernels.check("cuda" if CUDA else "cpu", lambda s, console=True: lines.append(s))
+    ops.check("cuda" if CUDA else "cpu", lambda s, console=True: lines.append(s))
     return lines
 
 
@@ -484,7 +484,7 @@ def test_self_check_passes_with_small_errors():
 
 @pytest.mark.parametrize("fault", ["wrong", "raises"])
 def test_self_check_stops_on_a_broken_kernel_naming_the_fallback(monkeypatch, fault):
-    forward = kernels._residual_fwd_op
+    forward = ops._residual_fwd_op
 
     def broken(h, b, alpha, eps):
         if fault == "raises":
@@ -492,7 +492,7 @@ def test_self_check_stops_on_a_broken_kernel_naming_the_fallback(monkeypatch, fa
         out, rstd_b, rstd_u = forward(h, b, alpha, eps)
         return out * 1.01, rstd_b, rstd_u  # off by 1%: a silent bug training would not notice at first
 
-    monkeypatch.setattr(kernels, "_residual_fwd_op", broken)
+    monkeypatch.setattr(ops, "_residual_fwd_op", broken)
     with pytest.raises(SystemExit) as err:
         run_check()
     message = str(err.value)
@@ -503,7 +503,7 @@ def test_self_check_stops_on_a_broken_kernel_naming_the_fallback(monkeypatch, fa
 def test_a_run_on_a_broken_kernel_stops_before_training(monkeypatch, tmp_path):
     for split in ("train_000001", "val_000000"):
         write_shard(tmp_path / f"k_{split}.bin", np.arange(3000) * 7 % 64)
-    monkeypatch.setattr(kernels, "_add_norm_fwd_op", lambda x, b, scale, eps, y_dtype: (x + b, x + b, x.new_ones(1)))
+    monkeypatch.setattr(ops, "_add_norm_fwd_op", lambda x, b, scale, eps, y_dtype: (x + b, x + b, x.new_ones(1)))
     with pytest.raises(SystemExit) as err:
         train_gpt2.main([f"--input_bin={tmp_path}/k_train_*.bin", f"--input_val_bin={tmp_path}/k_val_*.bin",
                          "--vocab_size=64", "--n_layer=1", "--n_head=2", "--n_embd=32", "--sequence_length=16",

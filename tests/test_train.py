@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-import kernels
+import ops
 import train_gpt2
 import train_ngpt2
 from conftest import write_shard
@@ -139,7 +139,7 @@ def test_chunked_loss_equals_the_full_logits_loss_and_gradient_and_keeps_no_logi
     full = torch.nn.functional.cross_entropy(model(idx).float().flatten(0, 1), targets.flatten())
     full_grads = torch.autograd.grad(full, list(model.parameters()))
     assert model(idx, targets).item() == full.item()  # 128 rows: one chunk, the same computation
-    monkeypatch.setattr(kernels, "LOSS_CHUNK", 10 * vocab)  # 10 rows a chunk: 13 chunks, the last of 8 rows
+    monkeypatch.setattr(ops, "LOSS_CHUNK", 10 * vocab)  # 10 rows a chunk: 13 chunks, the last of 8 rows
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         chunked = model(idx, targets)
@@ -297,7 +297,7 @@ def test_a_few_steps_from_the_command_line_lower_val_loss(name, data, tmp_path):
     assert sorted(val) == [0, 10, 20, 30] and val[30] < val[0] - 0.5, val
     log = (tmp_path / "run.txt").read_text()
     assert log.startswith(f"{'=' * 40} source:train_{name}.py\n" + '"""One side of the GPT-2 vs nGPT A/B')
-    assert "\n======================================== source:kernels.py\n" in log  # and each repo module's it imports
+    assert "\n======================================== source:ops.py\n" in log  # and each repo module's it imports
     assert "hyperparameters:{" in log and "model_config:{" in log and "peak_memory:" in log
     step_line = r"^step:30/30 train_loss:\d+\.\d{4} grad_norm:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d\dms"
     assert re.search(step_line + r" tokens_per_s:\d+$", log, re.M)

@@ -14,7 +14,7 @@ divided over the processes with --fsdp=1; buffers are FSDP's gathered root and l
 or DDP's gradient buckets; activations are the count of what backward keeps per token (activation_elements(),
 counted on CPU with saved-tensor hooks), 2 bytes each under bf16 autocast (every CUDA run;
 --device=cpu plans fp32 unless --param_dtype=bfloat16), plus the loss's one chunk of rows at a time (fp32 logits,
-log-softmax and their gradients: kernels.chunked_cross_entropy). A run fits when the total is within 95% of the GPU's
+log-softmax and their gradients: ops.chunked_cross_entropy). A run fits when the total is within 95% of the GPU's
 memory (default: this machine's first GPU). It is an estimate: a CPU test holds it within 25% of measured memory.
 The cost model beside it (PEAK_BF16_TFLOPS, flops_per_token) prices runs for bench.py's MFU and tune/fair.py's plan.
 """
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import kernels
+import ops
 import train_gpt2
 import train_ngpt2
 
@@ -98,7 +98,7 @@ def estimate(module, hp, processes):
     elif processes > 1:
         est["buffers"] = weights  # DDP's gradient buckets
     autocast_bf16 = hp.device != "cpu" or hp.param_dtype == "bfloat16"  # CUDA runs under bf16 autocast
-    loss_rows = min(tokens, max(1, kernels.LOSS_CHUNK // hp.vocab_size))  # the rows of the loss's chunk
+    loss_rows = min(tokens, max(1, ops.LOSS_CHUNK // hp.vocab_size))  # the rows of the loss's chunk
     est["activations"] = tokens * (blocks_kept + outside) * (2 if autocast_bf16 else 4) + loss_rows * loss_row * 4
     est["total"] = sum(est.values())
     return est
