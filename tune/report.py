@@ -7,13 +7,14 @@ import os
 import matplotlib
 import numpy as np
 
-from tune import stats
+from tune import scale, stats
 from tune.curves import Group, eval_names, eval_points, fmt_count, mean_curve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 
-TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "ngpt2": "nGPT"}
+TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "gpt2_muon": "GPT-2+Muon", "ngpt2": "nGPT",
+          "ngpt2_muon": "nGPT+Muon"}
 
 
 def title(arm):
@@ -35,13 +36,14 @@ def steps_text(x, ci):
 
 
 def main_arm(plan, base):
-    """The arm the headline is about: nGPT when it is in the A/B and not a baseline, else the first other arm."""
+    """The arm the headline is about, declared before any run: nGPT with Muon when it is in the A/B and not a
+    baseline (the field's optimizer on both sides), else nGPT, else the first other arm."""
     others = [arm for arm in plan.arms if arm not in plan.baselines] or [a for a in plan.arms if a != base]
-    return "ngpt2" if "ngpt2" in others else others[0]
+    return next((a for a in ("ngpt2_muon", "ngpt2") if a in others), others[0])
 
 
 def headline(plan, blocks):
-    """About the main arm (nGPT when it is in the A/B and not a baseline) at the largest target: the steps to the
+    """About the main arm (main_arm: nGPT+Muon, else nGPT) at the largest target: the steps to the
     baseline's loss estimated from its record runs, with its interval, the confirmed length (a lower bound) and the
     curve estimate beside them."""
     length, width = max(plan.lengths), max(plan.widths)
@@ -140,7 +142,56 @@ def method_text(plan, overlap, correlation):
             f"step times vary between runs (the interval carries that noise), on a dedicated GPU node much less.")
 
 
-def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
+def interval(x, ci):
+    """'1.90x [1.36-2.64]'; an open end is n/a."""
+    ends = ["n/a" if e is None else f"{e:.2f}" for e in ci]
+    return "-" if x is None else f"{x:.2f}x [{ends[0]}-{ends[1]}]"
+
+
+def factorial_lines(table):
+    """The 2x2 of one target (tune/scale.py's factorial) as a markdown table."""
+    lines = ["2x2 (speedup in tokens of the arm over the other, on mean curves; tune/scale.py):", "",
+             "| effect | arm over | speedup [95% interval] | coverage on this verdict's noise |", "|---|---|---|---|"]
+    for name, _, _ in scale.EFFECTS:
+        e = table[name]
+        if "speedup" not in e:
+            lines.append(f"| {name} | {e['arm']} over {e['over']} | fewer than 2 seeds | - |")
+            continue
+        note = " (slower: read at its own final loss)" if e["reversed"] else ""
+        lines.append(f"| {name} | {e['arm']} over {e['over']} | {interval(e['speedup'], e['ci'])}{note} | "
+                     f"{e['coverage']:.2f}" + ("" if e["holds"] else " (does not hold)") + " |")
+    i = table["interaction"]
+    lines.append(f"| interaction (1 = the effects add) | architecture under Muon / under AdamW | "
+                 f"{interval(i['ratio'], i['ci'])} | " + ("-" if i["coverage_at_least"] is None else
+                                                         f"at least {i['coverage_at_least']:.2f} (Bonferroni)") + " |")
+    return lines + [""]
+
+
+def scale_lines(trend):
+    """The speedup against scale (tune/scale.py's scale), per sequence length."""
+    lines = ["## Speedup against scale (compute multiplier over the baseline's loss-vs-FLOPs fit)", ""]
+    for length, s in trend.items():
+        if not s["fitted"]:
+            lines += [f"Sequence length {length}: no fit: {s['reason']}.", ""]
+            continue
+        lines += [f"Sequence length {length}, baseline {s['baseline']}: log L = a + b log C per arm over widths "
+                  f"{', '.join(map(str, s['widths']))} ({len(s['widths'])} points each; tune/scale.py says what the "
+                  f"fit assumes).", "", "| arm | exponent b | multiplier at each width | trend: slope of log "
+                  "multiplier on log parameters [95% t interval] |", "|---|---|---|---|"]
+        for arm, a in s["arms"].items():
+            if "fit" not in a:
+                lines.append(f"| {arm} | {a['reason']} | - | - |")
+                continue
+            t = a.get("trend")
+            mult = ", ".join(f"{m:.2f}x at {w}" for w, m in a["multiplier"].items()) if t else "(the baseline)"
+            slope = "-" if not t else f"{t['slope']:+.2f} " + (
+                f"[{t['ci'][0]:+.2f} to {t['ci'][1]:+.2f}], {t['df']} df" if t["ci"] else "(no interval: 2 widths)")
+            lines.append(f"| {arm} | {a['fit']['exponent']:.3f} | {mult} | {slope} |")
+        lines += ["", f"![loss vs FLOPs](L{length}_loss_vs_flops.png)", ""]
+    return lines
+
+
+def markdown(plan, blocks, head, reasons, command_line, overlap, correlation, trend):
     """verdict.md: the headline (NO VERDICT and the failed checks first when the audit failed), the method, and per
     target the arms, every pair, the record runs and the audit."""
     if reasons:
@@ -179,7 +230,8 @@ def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
                              f"{v['final_loss_diff']:+.4f} | {p} |")
             if pair:
                 lines += ["", f"Target val loss {next(iter(pair.values()))['target']:.4f} ({b}'s final mean)."]
-        lines += ["", f"Record runs against {base} (rerun at full length on the record seeds):", ""]
+        lines += [""] + (factorial_lines(block["factorial"]) if block.get("factorial") else [])
+        lines += [f"Record runs against {base} (rerun at full length on the record seeds):", ""]
         for arm, v in block["vs_baseline"].items():
             tried = "; ".join(f"{a['steps']} steps: mean final {a['mean_final_val_loss']:.4f}, p "
                               + (f"{a['p']:.3g}" if a["p"] is not None else "n/a") + f", in sequence "
@@ -218,6 +270,7 @@ def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
                                 if v["record_steps_to_target"] else "- | ")
                              + (f"{v['confirmed_steps']} |" if v["confirmed_steps"] else "- |"))
         lines.append("")
+    lines += scale_lines(trend)
     lines += ["![speedup vs parameters](speedup_vs_params.png)", "", "![lr search](lr_search.png)", ""]
     return "\n".join(lines)
 
@@ -278,6 +331,33 @@ def plots(plan, results, found, blocks, chosen):
     return paths
 
 
+def plot_scale(out, trend):
+    """<out>/L<length>_loss_vs_flops.png: each arm's mean final loss at each width against its training FLOPs, with
+    its fitted line (log-log); returns the paths."""
+    paths = []
+    for length, s in trend.items():
+        if not s["fitted"]:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for i, (arm, a) in enumerate(s["arms"].items()):
+            if "fit" not in a:
+                continue
+            c = np.array([p["flops"] for p in a["points"]])
+            ax.plot(c, [p["loss"] for p in a["points"]], "o", color=f"C{i}", label=arm)
+            line = np.geomspace(c.min() / 2, c.max() * 2)
+            ax.plot(line, np.exp(a["fit"]["log_L0"]) * line ** a["fit"]["exponent"], "-", color=f"C{i}", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="training FLOPs (flops_per_token x tokens)",
+               ylabel="final val loss (mean over seeds)", title=f"sequence length {length}: loss vs FLOPs, fit "
+                                                                f"log L = a + b log C")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"L{length}_loss_vs_flops.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
 def write_search(plan, results, stages):
     """search.tsv: every run of the search, confirm and choose stages, one line each."""
     path = os.path.join(plan.out, "search.tsv")
@@ -292,7 +372,7 @@ def write_search(plan, results, stages):
     return path
 
 
-def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation):
+def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation, trend):
     """verdict.json's content: one target's block at the top level, several keyed by length and width."""
     out = {"valid": not reasons, "invalid_reasons": reasons, "headline": head if not reasons else
            "NO VERDICT: the audit failed (invalid_reasons); provisional: " + head,
@@ -305,8 +385,9 @@ def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation
                       "record": f"lengths {plan.SHORTER:g}x, 1x, {plan.LONGER:g}x the crossing fixed in advance, "
                                 f"tested longest first at p < {plan.RECORD_P} (fixed sequence), paired where both "
                                 f"arms read a seed's data order; estimate by test inversion over log steps",
-                      "time": method_text(plan, overlap, correlation)},
-           "overlap": overlap, "targets_correlation": correlation,
+                      "time": method_text(plan, overlap, correlation),
+                      "factorial_and_scale": scale.__doc__.split("\n\n", 1)[1].strip()},
+           "overlap": overlap, "targets_correlation": correlation, "scale": trend,
            "sequence_lengths": plan.lengths, "widths": plan.widths, "proxy_widths": plan.proxies}
     if len(blocks) == 1:
         out.update(next(iter(blocks.values())))
@@ -316,14 +397,14 @@ def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation
     return out
 
 
-def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap, correlation):
+def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap, correlation, trend):
     """Every file of the verdict in plan.out; returns the paths of search.tsv and the plots."""
     paths = [write_search(plan, results, stages)]
-    paths += plots(plan, results, found, blocks, chosen)
+    paths += plots(plan, results, found, blocks, chosen) + plot_scale(plan.out, trend)
     with open(os.path.join(plan.out, "verdict.json"), "w") as f:
-        json.dump(verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation), f, indent=1)
+        json.dump(verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation, trend), f, indent=1)
     with open(os.path.join(plan.out, "verdict.md"), "w") as f:
-        f.write(markdown(plan, blocks, head, reasons, command_line, overlap, correlation))
+        f.write(markdown(plan, blocks, head, reasons, command_line, overlap, correlation, trend))
     return paths
 
 
