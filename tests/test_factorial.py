@@ -48,8 +48,8 @@ def test_the_2x2_end_to_end_gives_the_stand_ins_known_effects(tmp_path, monkeypa
 
 
 def test_a_slower_arm_is_a_speedup_below_one_read_at_its_own_loss(tmp_path, monkeypatch):
-    monkeypatch.setattr(fair, "ARMS", dict(STANDIN_ARMS, ngpt2_muon=("tests/fair_standin.py",
-                                                                     ["--speed=2", "--optimizer=muon", "--muon_gain=0.5"])))
+    slow = ["--speed=2", "--optimizer=muon", "--muon_gain=0.5"]     # Muon halves nGPT's speed
+    monkeypatch.setattr(fair, "ARMS", dict(STANDIN_ARMS, ngpt2_muon=("tests/fair_standin.py", slow)))
     fair.main([f"--out={tmp_path}", "--widths", "64", "--proxy_widths", "32", "--grid", "3", "--seeds", "3",
                "--parallel", "2", "--n_embd=64", "--n_head=4"])
     e = json.loads((tmp_path / "verdict.json").read_text())["factorial"]["optimizer under nGPT"]
@@ -77,7 +77,8 @@ def test_the_scale_fit_recovers_a_known_multiplier_trend():
     assert s["fitted"] and s["baseline"] == "base" and s["widths"] == [64, 128, 256]
     arm = s["arms"]["arm"]
     # C grows as N here, so the arm's loss falls as (N^0.3 C)^-0.1 = C^-0.13
-    assert s["arms"]["base"]["fit"]["exponent"] == pytest.approx(-0.1) and arm["fit"]["exponent"] == pytest.approx(-0.13)
+    assert s["arms"]["base"]["fit"]["exponent"] == pytest.approx(-0.1)
+    assert arm["fit"]["exponent"] == pytest.approx(-0.13)
     assert [arm["multiplier"][w] for w in ("64", "128", "256")] == pytest.approx([2, 2 * 4 ** 0.3, 2 * 16 ** 0.3])
     assert arm["trend"]["slope"] == pytest.approx(0.3) and arm["trend"]["df"] == 1
     assert arm["trend"]["ci"] == pytest.approx([0.3, 0.3], abs=1e-6)      # three points on a line: no scatter
