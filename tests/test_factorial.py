@@ -95,3 +95,24 @@ def test_two_widths_fit_without_an_interval_and_one_width_cannot_fit():
     assert trend["slope"] == pytest.approx(0.3) and trend["ci"] is None and trend["df"] == 0
     one = scale.scale({(128, 64): blocks[(128, 64)]}, flops)["128"]
     assert not one["fitted"] and "needs several (--widths W1,W2,W3)" in one["reason"]
+
+
+def test_several_widths_fit_loss_against_flops_and_plot_it(tmp_path):
+    # wider runs end lower (floor_exp); the stand-in logs a GPT's parameter count at each width (--params=0)
+    status = fair.main([f"--out={tmp_path}", "--arms", "slow,fast", "--arm", "slow=tests/fair_standin.py:",
+                        "--arm", "fast=tests/fair_standin.py:--speed=2", "--baseline", "slow", "--widths", "32,64,128",
+                        "--grid", "3", "--seeds", "2", "--parallel", "2", "--n_embd=64", "--n_head=4", "--params=0",
+                        "--floor_exp=0.5"])
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert status == 0, verdict["invalid_reasons"]
+    s = verdict["scale"]["16"]
+    assert s["fitted"] and s["baseline"] == "slow" and s["widths"] == [32, 64, 128]
+    points = s["arms"]["slow"]["points"]
+    assert [p["params"] for p in points] == [12 * 2 * w * w + 256 * w for w in (32, 64, 128)]
+    assert [p["flops"] for p in points] == [(6 * 12 * 2 * w * w + 6 * 2 * w * 16) * 4 * 16 * 40 for w in (32, 64, 128)]
+    fast = s["arms"]["fast"]
+    assert all(m > 1 for m in fast["multiplier"].values()) and fast["trend"]["df"] == 1
+    low, high = fast["trend"]["ci"]
+    assert low < fast["trend"]["slope"] < high
+    assert (tmp_path / "L16_loss_vs_flops.png").stat().st_size > 0
+    assert "![loss vs FLOPs](L16_loss_vs_flops.png)" in (tmp_path / "verdict.md").read_text()

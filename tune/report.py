@@ -151,7 +151,10 @@ def interval(x, ci):
 
 def factorial_lines(table):
     """The 2x2 of one target (tune/scale.py's factorial) as a markdown table."""
-    lines = ["2x2 (speedup in tokens of the arm over the other, on mean curves; tune/scale.py):", "",
+    lines = ["2x2: speedup in tokens of the arm over the other on the mean curves, 95% test inversion with its "
+             "coverage; a slower arm's speedup is 1 / the other's over it, read at its own final loss. Interaction "
+             "interval: the two architecture effects' intervals at 97.5%, ends divided (Bonferroni: covers at least "
+             "95% whatever their dependence; tune/scale.py).", "",
              "| effect | arm over | speedup [95% interval] | coverage on this verdict's noise |", "|---|---|---|---|"]
     for name, _, _ in scale.EFFECTS:
         e = table[name]
@@ -175,9 +178,12 @@ def scale_lines(trend):
         if not s["fitted"]:
             lines += [f"Sequence length {length}: no fit: {s['reason']}.", ""]
             continue
-        lines += [f"Sequence length {length}, baseline {s['baseline']}: log L = a + b log C per arm over widths "
-                  f"{', '.join(map(str, s['widths']))} ({len(s['widths'])} points each; tune/scale.py says what the "
-                  f"fit assumes).", "", "| arm | exponent b | multiplier at each width | trend: slope of log "
+        n = len(s["widths"])
+        lines += [f"Sequence length {length}, baseline {s['baseline']}: log L = a + b log C per arm by least squares "
+                  f"over widths {', '.join(map(str, s['widths']))}: {n} points each, {n - 2} degrees of freedom, no "
+                  f"loss floor assumed; a multiplier at a loss below the baseline's lowest extrapolates its line. "
+                  f"Trend: t interval on {n - 2} df, assuming independent normal scatter about a straight trend "
+                  f"(the targets share data and one baseline fit, so it is optimistic).", "", "| arm | exponent b | multiplier at each width | trend: slope of log "
                   "multiplier on log parameters [95% t interval] |", "|---|---|---|---|"]
         for arm, a in s["arms"].items():
             if "fit" not in a:
@@ -350,6 +356,8 @@ def plot_scale(out, trend):
         ax.set(xscale="log", yscale="log", xlabel="training FLOPs (flops_per_token x tokens)",
                ylabel="final val loss (mean over seeds)", title=f"sequence length {length}: loss vs FLOPs, fit "
                                                                 f"log L = a + b log C")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 3.5, not 3.5 x 10^0
+            axis(plt.FuncFormatter(lambda y, _: f"{y:g}"))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
