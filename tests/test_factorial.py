@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tune import fair, scale
+from tune import fair, scale, stats
 
 # the built-in arms' names on the stand-in: nGPT learns 2x faster, Muon 1.5x faster under GPT-2, 1.2x under nGPT
 STANDIN_ARMS = {"gpt2": ("tests/fair_standin.py", []), "gpt2_muon": ("tests/fair_standin.py", ["--optimizer=muon"]),
@@ -116,3 +116,21 @@ def test_several_widths_fit_loss_against_flops_and_plot_it(tmp_path):
     assert low < fast["trend"]["slope"] < high
     assert (tmp_path / "L16_loss_vs_flops.png").stat().st_size > 0
     assert "![loss vs FLOPs](L16_loss_vs_flops.png)" in (tmp_path / "verdict.md").read_text()
+
+
+def test_the_interactions_97_5_intervals_are_self_checked_at_that_level(monkeypatch):
+    # the levels tried start at 0.975 and must cover 0.955 (FLOOR moved up by as much as the level): 0.95 does not
+    seen = []
+
+    def coverage(*args):
+        seen.append(args[6])
+        return np.array([0.95, 0.96, 0.97, 0.99])
+    monkeypatch.setattr(stats, "coverage", coverage)
+    steps = np.arange(0, 41, 5.0)
+    rng = np.random.default_rng(0)
+    base = (3 + 7 / (1 + steps / 10) + 0.01 * rng.standard_normal((3, 9)), np.tile(steps, (3, 1)))
+    arm = (3 + 7 / (1 + 2 * steps / 10) + 0.01 * rng.standard_normal((3, 9)), np.tile(steps, (3, 1)))
+    checked = stats.self_check(base, arm, level=scale.BONFERRONI)
+    assert seen == [(0.975, 0.99, 0.995, 0.999)] and checked.interval.level == 0.99 and checked.holds
+    assert checked.interval == stats.inversion(base, arm, 0.99)
+    assert checked.widened_by == "test level 0.99 (0.95 at 0.975)"

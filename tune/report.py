@@ -183,8 +183,9 @@ def scale_lines(trend):
                   f"over widths {', '.join(map(str, s['widths']))}: {n} points each, {n - 2} degrees of freedom, no "
                   f"loss floor assumed; a multiplier at a loss below the baseline's lowest extrapolates its line. "
                   f"Trend: t interval on {n - 2} df, assuming independent normal scatter about a straight trend "
-                  f"(the targets share data and one baseline fit, so it is optimistic).", "", "| arm | exponent b | multiplier at each width | trend: slope of log "
-                  "multiplier on log parameters [95% t interval] |", "|---|---|---|---|"]
+                  f"(the targets share data and one baseline fit, so it is optimistic).", "",
+                  "| arm | exponent b | multiplier at each width | trend: slope of log multiplier on log parameters "
+                  "[95% t interval] |", "|---|---|---|---|"]
         for arm, a in s["arms"].items():
             if "fit" not in a:
                 lines.append(f"| {arm} | {a['reason']} | - | - |")
