@@ -134,3 +134,12 @@ def test_the_interactions_97_5_intervals_are_self_checked_at_that_level(monkeypa
     assert seen == [(0.975, 0.99, 0.995, 0.999)] and checked.interval.level == 0.99 and checked.holds
     assert checked.interval == stats.inversion(base, arm, 0.99)
     assert checked.widened_by == "test level 0.99 (0.95 at 0.975)"
+
+
+def test_a_baseline_whose_loss_does_not_fall_gives_no_multiplier():
+    blocks, flops = synthetic(0.3)
+    for w in (64, 128, 256):
+        blocks[(128, w)]["arms"]["base"]["mean"] = 3.0
+    s = scale.scale(blocks, flops)["128"]
+    assert not s["fitted"] and s["reason"] == "the baseline base's loss does not fall with FLOPs across the widths"
+    assert "multiplier" not in s["arms"]["arm"]

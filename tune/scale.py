@@ -128,8 +128,10 @@ def scale_fit(widths, points, baseline):
         arms[arm] = {"fit": {"log_L0": fits[arm].a, "exponent": fits[arm].b},
                      "points": [{"width": w, "params": n, "flops": c, "loss": loss} for w, n, c, loss in pts]}
     out = {"fitted": True, "baseline": baseline, "widths": widths, "arms": arms}
-    if baseline not in fits or fits[baseline].b >= 0:
-        out.update(fitted=False, reason=f"the baseline {baseline}'s loss does not fall with FLOPs across the widths")
+    falls = baseline in fits and all(np.diff([p[3] for p in sorted(points[baseline], key=lambda p: p[2])]) < 0)
+    if not falls:
+        why = "does not fall with FLOPs across the widths" if baseline in fits else "has fewer than 2 widths to fit"
+        out.update(fitted=False, reason=f"the baseline {baseline}'s loss {why}")
         return out
     for arm in fits:
         if arm == baseline:
