@@ -2,6 +2,8 @@
 formula (no model, no data), so the whole protocol runs in seconds. Loss falls with step * speed, rises with the
 squared log2 distance of the lr from an optimum (4x lower at widths >= opt_shift), and moves by a per-seed offset
 that depends on seed and data_seed; a run shorter than the default 40 steps ends higher (its schedule).
+--optimizer=muon multiplies the speed by muon_gain, as the real scripts' flag changes how fast they learn; the loss's
+floor falls as (n_embd / 64) ** -floor_exp, so wider runs end lower; --params=0 logs a GPT's count at the width.
 FAIR_LEDGER=path gets a line per finished run."""
 import dataclasses
 import json
@@ -38,7 +40,10 @@ class Hyperparameters:
     speed: float = 1.0  # how fast the loss falls
     ms: float = 10.0  # train_time per step
     opt_shift: int = 0  # widths from here on have their optimum 4x lower
-    params: int = 1000
+    params: int = 1000  # 0: 12 n_layer n_embd^2 + vocab_size n_embd
+    floor_exp: float = 0.0
+    optimizer: str = "adamw"
+    muon_gain: float = 1.5  # the speed's factor under --optimizer=muon
 
 
 def parse_args(argv):
@@ -53,15 +58,19 @@ def parse_args(argv):
 
 def main():
     hp = parse_args(sys.argv[1:])
+    if hp.optimizer not in ("adamw", "muon"):
+        sys.exit(f"error: --optimizer must be adamw or muon, got {hp.optimizer!r}")
+    speed = hp.speed * (hp.muon_gain if hp.optimizer == "muon" else 1)
     opt = 0.01 / (4 if hp.opt_shift and hp.n_embd >= hp.opt_shift else 1)
-    rng = random.Random(f"{hp.seed}-{hp.data_seed}-{hp.speed}")
+    rng = random.Random(f"{hp.seed}-{hp.data_seed}-{hp.speed}" + ("-muon" if hp.optimizer == "muon" else ""))
     offset, pace = rng.gauss(0, 0.01), hp.ms * (1 + 0.02 * rng.gauss(0, 1))
-    lines = ["script:fair_standin.py", f"parameters:{hp.params} non_embedding_parameters:{hp.params}",
+    params = hp.params or 12 * hp.n_layer * hp.n_embd ** 2 + hp.vocab_size * hp.n_embd
+    lines = ["script:fair_standin.py", f"parameters:{params} non_embedding_parameters:{params}",
              "hyperparameters:" + json.dumps(dataclasses.asdict(hp))]
     n = hp.num_iterations
     for s in sorted(set(range(0, n, hp.val_loss_every)) | {n}):
-        loss = (3 + 7 / (1 + hp.speed * s / 10) + 0.05 * math.log2(hp.learning_rate / opt) ** 2 + offset
-                + 0.3 * max(0.0, 1 - n / 40))
+        loss = (3 * (hp.n_embd / 64) ** -hp.floor_exp + 7 / (1 + speed * s / 10)
+                + 0.05 * math.log2(hp.learning_rate / opt) ** 2 + offset + 0.3 * max(0.0, 1 - n / 40))
         lines.append(f"step:{s}/{n} val_loss:{loss:.4f} train_time:{s * pace:.0f}ms step_avg:{pace:.2f}ms")
         time.sleep(0.002)
     lines.append(f"step:{n}/{n} train_loss:{loss:.4f} train_time:{n * pace:.0f}ms step_avg:{pace:.2f}ms "

@@ -307,7 +307,7 @@ def test_an_arm_that_never_reaches_the_target_says_so(tmp_path):
     (["--n_layr=2"], "unknown hyperparameter --n_layr"),
     (["--arms", "gpt2"], "an A/B needs at least two arms"),
     (["--arms", "gpt2,ngpt2", "--baseline=gpt2_qk"], "--baseline gpt2_qk is not one of the arms"),
-    (["--arms", "ngpt2,ng2", "--arm", "ng2=train_ngpt2.py:"], "no --baseline given and neither gpt2 nor gpt2_qk"),
+    (["--arms", "ngpt2,ng2", "--arm", "ng2=train_ngpt2.py:"], "no --baseline given and none of gpt2, gpt2_qk, "),
     (["--mfu=2"], "--mfu is a fraction"),
     (["--gpu=TPU"], "no peak TFLOPS known"),
     (["--seeds", "1"], "--seeds must be >= 2"),
@@ -327,16 +327,16 @@ def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, argv, mess
 def test_dry_run_prints_the_plan(tmp_path, capsys):
     fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32"] + TINY)
     text = capsys.readouterr().out
-    assert "arms gpt2, gpt2_qk, ngpt2 (baseline: the strongest of gpt2, gpt2_qk)" in text
+    assert "arms gpt2, gpt2_muon, ngpt2, ngpt2_muon (baseline: the strongest of gpt2, gpt2_muon)" in text
     assert "proxy widths 16, 32" in text
-    assert "  search   84-120 runs" in text and "GPU-hours" in text
+    assert "  search   112-160 runs" in text and "GPU-hours" in text
     assert "length 16: batch 2 x 16 = 32 tokens per step (micro-batch 2)" in text
     assert "length 32: batch 1 x 32 = 32 tokens per step (micro-batch 1)" in text   # the same tokens per step
     fair.main([f"--out={tmp_path / 'out'}", "--dry_run", "--sequence_lengths", "16,32", "--same_batch"] + TINY)
     assert "length 32: batch 2 x 32 = 64 tokens per step" in capsys.readouterr().out
     assert fair.main([f"--out={tmp_path / 'out'}", "--dry_run"]) == 0       # the scripts' defaults: GPU-hours
     total = capsys.readouterr().out.split("\n  total    ")[1]
-    assert total.startswith("72-108 runs, 180B-270B tokens, ") and " GPU-hours; logs in " in total
+    assert total.startswith("96-144 runs, 240B-360B tokens, ") and " GPU-hours; logs in " in total
     fair.main([f"--out={tmp_path / 'out'}", "--dry_run"] + STANDIN)   # a script's parameters: only from its logs
     assert "FLOPs and GPU-hours unknown (an arm's parameter count is unknown before its first log)" in \
         capsys.readouterr().out

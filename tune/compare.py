@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from tune import curves, report
+from tune import curves, plots
 
 COLUMNS = ["group", "runs", "final val loss", "step_avg", "tokens/s", "tokens to target", "speedup (tokens)",
            "time to target", "speedup (time)"]
@@ -148,8 +148,8 @@ def main(argv=None):
         print(f"wrote {args.markdown}")
     if not args.no_plot:
         os.makedirs(args.out_dir, exist_ok=True)
-        paths, more = report.plot_val(groups, args.out_dir, args.name, target)
-        paths += report.plot_evals(groups, args.out_dir, args.name)
+        paths, more = plots.plot_val(groups, args.out_dir, args.name, target)
+        paths += plots.plot_evals(groups, args.out_dir, args.name)
         notes += more
         print("".join(f"wrote {path}\n" for path in paths), end="")
     print("".join(f"note: {n}\n" for n in dict.fromkeys(notes)), end="")

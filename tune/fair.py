@@ -4,7 +4,7 @@ it, record runs that estimate the steps to the strongest baseline's loss (beside
 and confirm a length, and a verdict whose 95% intervals carry their coverage on its own noise and which audits its
 own fairness. tune/README.md describes the protocol, the verdict and the cost.
 
-python -m tune.fair --out logs/fair                           # gpt2, gpt2_qk, ngpt2 at the scripts' own defaults
+python -m tune.fair --out logs/fair                           # the 2x2: gpt2, gpt2_muon, ngpt2, ngpt2_muon
 python -m tune.fair --out logs/fair --dry_run                 # the plan and what it costs, only
 python -m tune.fair --out logs/fair --arms gpt2,ngpt2 --baseline gpt2 --seeds 8 --num_iterations=2000
 python -m tune.fair --out logs/fair --arms ng,ng_bf16 --baseline ng --arm ng=train_ngpt2.py: \\
@@ -27,12 +27,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from tune import analysis, cost, memory, report, runs, stats
+from tune import analysis, cost, memory, report, runs, scale, stats
 from tune.curves import parse_log
 from tune.runs import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARMS = {"gpt2": ("train_gpt2.py", []), "gpt2_qk": ("train_gpt2.py", ["--qk_norm=1"]), "ngpt2": ("train_ngpt2.py", [])}
+ARMS = {"gpt2": ("train_gpt2.py", []), "gpt2_qk": ("train_gpt2.py", ["--qk_norm=1"]),
+        "gpt2_muon": ("train_gpt2.py", ["--optimizer=muon"]), "ngpt2": ("train_ngpt2.py", []),
+        "ngpt2_muon": ("train_ngpt2.py", ["--optimizer=muon"])}
+DEFAULT_ARMS = ["gpt2", "gpt2_muon", "ngpt2", "ngpt2_muon"]  # the 2x2; tune/README.md says why not gpt2_qk
+GPT_ARMS = ["gpt2", "gpt2_qk", "gpt2_muon"]  # the default baselines, those among the arms
 STAGES = ["search", "confirm", "choose", "seeds", "record"]
 SET_HERE = ["seed", "data_seed", "run_id", "log_dir", "resume", "mup_base_width"]  # per run, by this tool
 
@@ -164,13 +168,13 @@ def parse(argv):
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--out", required=True, help="folder for the runs, the verdict and the plots")
     ap.add_argument("--arms", help=f"comma-separated, from {', '.join(ARMS)} and the --arm "
-                    "names (default: the built-in three and every --arm)")
+                    f"names (default: {', '.join(DEFAULT_ARMS)} and every --arm)")
     ap.add_argument("--arm", action="append", default=[], metavar="NAME=SCRIPT:FLAGS",
                     help="an arm of your own, e.g. ngpt2_bf16=train_ngpt2.py:--param_dtype=bfloat16 (flags "
                          "space-separated); the script needs a parse_args(argv) and the scripts' log lines")
     ap.add_argument("--baseline", default="",
                     help="arm or arms; each target's headline is against the one with the lowest mean final val loss "
-                         "(default: those of gpt2, gpt2_qk among the arms)")
+                         f"(default: those of {', '.join(GPT_ARMS)} among the arms)")
     ap.add_argument("--seeds", type=int, default=5, help="evaluation seeds per arm, and record-run seeds (default 5)")
     ap.add_argument("--widths", type=int_list, help="target widths W1,W2,... (default: the target's n_embd)")
     ap.add_argument("--sequence_lengths", type=int_list, help="L1,L2,... (default: the target's sequence_length)")
@@ -206,7 +210,7 @@ def parse(argv):
         if name in known:
             sys.exit(f"error: --arm {spec}: an arm named {name} is already in the comparison")
         known[name] = (script, flags.split())
-    names = args.arms.split(",") if args.arms else list(known)
+    names = args.arms.split(",") if args.arms else DEFAULT_ARMS + [a for a in known if a not in ARMS]
     arms = {}
     for name in names:
         if name not in known:
@@ -214,9 +218,10 @@ def parse(argv):
         arms[name] = known[name]
     if len(arms) < 2:
         sys.exit("error: an A/B needs at least two arms; add one with --arms or --arm")
-    baselines = args.baseline.split(",") if args.baseline else [b for b in ("gpt2", "gpt2_qk") if b in arms]
+    baselines = args.baseline.split(",") if args.baseline else [b for b in GPT_ARMS if b in arms]
     if not baselines:
-        sys.exit("error: no --baseline given and neither gpt2 nor gpt2_qk is among the arms; name one with --baseline")
+        sys.exit(f"error: no --baseline given and none of {', '.join(GPT_ARMS)} is among the arms; name one with "
+                 f"--baseline")
     for name in baselines:
         if name not in arms:
             sys.exit(f"error: --baseline {name} is not one of the arms ({', '.join(arms)})")
@@ -390,11 +395,11 @@ def protocol(plan, length, results, found):
 # ------------------------------------------------------------------------------------------ what it costs
 
 def parameters(plan, arm, length, width):
-    """The arm's parameter count at a width: the built-in arms' from tune/memory.py, any other arm's from a log of
-    it in OUT, else None (unknown: its script is a black box)."""
-    if arm in ARMS:
-        hp = run_hp(plan, Run(arm, length, width, 0, 0, plan.steps), f"width {width}")
-        return memory.parameters(load_script(plan.arms[arm][0]), hp)
+    """The arm's parameter count at a width: from tune/memory.py when its script builds a GPT (the training scripts),
+    else from a log of it in OUT, else None (unknown: its script is a black box)."""
+    module = load_script(plan.arms[arm][0])
+    if hasattr(module, "GPT"):
+        return memory.parameters(module, run_hp(plan, Run(arm, length, width, 0, 0, plan.steps), f"width {width}"))
     for name in sorted(os.listdir(plan.logs)) if os.path.isdir(plan.logs) else []:
         if name.startswith(f"{arm}_L{length}_w{width}_") and name.endswith(".txt"):
             params = parse_log(os.path.join(plan.logs, name)).params
@@ -437,12 +442,16 @@ def main(argv=None):
     os.makedirs(plan.logs, exist_ok=True)
     results, found, stages = run_protocol(plan)
     blocks, chosen = analysis.analyze(plan, results, found)
+    for key, block in blocks.items():
+        block["factorial"] = scale.factorial(chosen[key])
+    trend = scale.scale(blocks, {(arm, length, w): run_flops(plan, arm, length, w) for arm in plan.arms
+                                 for length in plan.lengths for w in plan.widths})
     head = report.headline(plan, blocks)
     reasons = analysis.invalid_reasons(blocks)
     command_line = shlex.join(["python", "-m", "tune.fair"] + argv)
     overlap, correlation = analysis.overlap(plan, results, stages, STAGES), analysis.target_correlation(blocks)
     paths = report.write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap,
-                         correlation)
+                         correlation, trend)
     print(f"NO VERDICT: {len(reasons)} failed check(s); provisional: {head}" if reasons else head)
     print(f"verdict: {os.path.join(plan.out, 'verdict.md')} (and verdict.json, search.tsv, "
           f"{', '.join(os.path.basename(p) for p in paths[1:])})")

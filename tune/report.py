@@ -1,19 +1,21 @@
-"""What tune/fair.py writes: verdict.md, verdict.json, search.tsv and every plot (the val curves, the lr search and
-the speedup against size); and the plots of tune/compare.py and tune/sweep.py."""
+"""What tune/fair.py writes: verdict.md, verdict.json, search.tsv and every plot (the val curves, the lr search, the
+speedup against size and the loss against FLOPs); the plots it shares with tune/compare.py and tune/sweep.py are in
+tune/plots.py."""
 import json
-import math
 import os
 
 import matplotlib
 import numpy as np
 
-from tune import stats
-from tune.curves import Group, eval_names, eval_points, fmt_count, mean_curve
+from tune import scale, stats
+from tune.curves import Group, fmt_count, mean_curve
+from tune.plots import plot_lr, plot_val
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 
-TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "ngpt2": "nGPT"}
+TITLES = {"gpt2": "GPT-2", "gpt2_qk": "GPT-2+QK-norm", "gpt2_muon": "GPT-2+Muon", "ngpt2": "nGPT",
+          "ngpt2_muon": "nGPT+Muon"}
 
 
 def title(arm):
@@ -35,13 +37,14 @@ def steps_text(x, ci):
 
 
 def main_arm(plan, base):
-    """The arm the headline is about: nGPT when it is in the A/B and not a baseline, else the first other arm."""
+    """The arm the headline is about, declared before any run: nGPT with Muon when it is in the A/B and not a
+    baseline (the field's optimizer on both sides), else nGPT, else the first other arm."""
     others = [arm for arm in plan.arms if arm not in plan.baselines] or [a for a in plan.arms if a != base]
-    return "ngpt2" if "ngpt2" in others else others[0]
+    return next((a for a in ("ngpt2_muon", "ngpt2") if a in others), others[0])
 
 
 def headline(plan, blocks):
-    """About the main arm (nGPT when it is in the A/B and not a baseline) at the largest target: the steps to the
+    """About the main arm (main_arm: nGPT+Muon, else nGPT) at the largest target: the steps to the
     baseline's loss estimated from its record runs, with its interval, the confirmed length (a lower bound) and the
     curve estimate beside them."""
     length, width = max(plan.lengths), max(plan.widths)
@@ -140,7 +143,63 @@ def method_text(plan, overlap, correlation):
             f"step times vary between runs (the interval carries that noise), on a dedicated GPU node much less.")
 
 
-def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
+def interval(x, ci):
+    """'1.90x [1.36-2.64]'; an open end is n/a."""
+    ends = ["n/a" if e is None else f"{e:.2f}" for e in ci]
+    return "-" if x is None else f"{x:.2f}x [{ends[0]}-{ends[1]}]"
+
+
+def factorial_lines(table):
+    """The 2x2 of one target (tune/scale.py's factorial) as a markdown table."""
+    lines = ["2x2: speedup in tokens of the arm over the other on the mean curves, 95% test inversion with its "
+             "coverage; a slower arm's speedup is 1 / the other's over it, read at its own final loss. Interaction "
+             "interval: the two architecture effects' intervals at 97.5%, ends divided (Bonferroni: covers at least "
+             "95% whatever their dependence; tune/scale.py).", "",
+             "| effect | arm over | speedup [95% interval] | coverage on this verdict's noise |", "|---|---|---|---|"]
+    for name, _, _ in scale.EFFECTS:
+        e = table[name]
+        if "speedup" not in e:
+            lines.append(f"| {name} | {e['arm']} over {e['over']} | fewer than 2 seeds | - |")
+            continue
+        note = " (slower: read at its own final loss)" if e["reversed"] else ""
+        lines.append(f"| {name} | {e['arm']} over {e['over']} | {interval(e['speedup'], e['ci'])}{note} | "
+                     f"{e['coverage']:.2f}" + ("" if e["holds"] else " (does not hold)") + " |")
+    i = table["interaction"]
+    lines.append(f"| interaction (1 = the effects add) | architecture under Muon / under AdamW | "
+                 f"{interval(i['ratio'], i['ci'])} | " + ("-" if i["coverage_at_least"] is None else
+                                                         f"at least {i['coverage_at_least']:.2f} (Bonferroni)") + " |")
+    return lines + [""]
+
+
+def scale_lines(trend):
+    """The speedup against scale (tune/scale.py's scale), per sequence length."""
+    lines = ["## Speedup against scale (compute multiplier over the baseline's loss-vs-FLOPs fit)", ""]
+    for length, s in trend.items():
+        if not s["fitted"]:
+            lines += [f"Sequence length {length}: no fit: {s['reason']}.", ""]
+            continue
+        n = len(s["widths"])
+        lines += [f"Sequence length {length}, baseline {s['baseline']}: log L = a + b log C per arm by least squares "
+                  f"over widths {', '.join(map(str, s['widths']))}: {n} points each, {n - 2} degrees of freedom, no "
+                  f"loss floor assumed; a multiplier at a loss below the baseline's lowest extrapolates its line. "
+                  f"Trend: t interval on {n - 2} df, assuming independent normal scatter about a straight trend "
+                  f"(the targets share data and one baseline fit, so it is optimistic).", "",
+                  "| arm | exponent b | multiplier at each width | trend: slope of log multiplier on log parameters "
+                  "[95% t interval] |", "|---|---|---|---|"]
+        for arm, a in s["arms"].items():
+            if "fit" not in a:
+                lines.append(f"| {arm} | {a['reason']} | - | - |")
+                continue
+            t = a.get("trend")
+            mult = ", ".join(f"{m:.2f}x at {w}" for w, m in a["multiplier"].items()) if t else "(the baseline)"
+            slope = "-" if not t else f"{t['slope']:+.2f} " + (
+                f"[{t['ci'][0]:+.2f} to {t['ci'][1]:+.2f}], {t['df']} df" if t["ci"] else "(no interval: 2 widths)")
+            lines.append(f"| {arm} | {a['fit']['exponent']:.3f} | {mult} | {slope} |")
+        lines += ["", f"![loss vs FLOPs](L{length}_loss_vs_flops.png)", ""]
+    return lines
+
+
+def markdown(plan, blocks, head, reasons, command_line, overlap, correlation, trend):
     """verdict.md: the headline (NO VERDICT and the failed checks first when the audit failed), the method, and per
     target the arms, every pair, the record runs and the audit."""
     if reasons:
@@ -179,7 +238,8 @@ def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
                              f"{v['final_loss_diff']:+.4f} | {p} |")
             if pair:
                 lines += ["", f"Target val loss {next(iter(pair.values()))['target']:.4f} ({b}'s final mean)."]
-        lines += ["", f"Record runs against {base} (rerun at full length on the record seeds):", ""]
+        lines += [""] + (factorial_lines(block["factorial"]) if block.get("factorial") else [])
+        lines += [f"Record runs against {base} (rerun at full length on the record seeds):", ""]
         for arm, v in block["vs_baseline"].items():
             tried = "; ".join(f"{a['steps']} steps: mean final {a['mean_final_val_loss']:.4f}, p "
                               + (f"{a['p']:.3g}" if a["p"] is not None else "n/a") + f", in sequence "
@@ -218,6 +278,7 @@ def markdown(plan, blocks, head, reasons, command_line, overlap, correlation):
                                 if v["record_steps_to_target"] else "- | ")
                              + (f"{v['confirmed_steps']} |" if v["confirmed_steps"] else "- |"))
         lines.append("")
+    lines += scale_lines(trend)
     lines += ["![speedup vs parameters](speedup_vs_params.png)", "", "![lr search](lr_search.png)", ""]
     return "\n".join(lines)
 
@@ -278,6 +339,35 @@ def plots(plan, results, found, blocks, chosen):
     return paths
 
 
+def plot_scale(out, trend):
+    """<out>/L<length>_loss_vs_flops.png: each arm's mean final loss at each width against its training FLOPs, with
+    its fitted line (log-log); returns the paths."""
+    paths = []
+    for length, s in trend.items():
+        if not s["fitted"]:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for i, (arm, a) in enumerate(s["arms"].items()):
+            if "fit" not in a:
+                continue
+            c = np.array([p["flops"] for p in a["points"]])
+            ax.plot(c, [p["loss"] for p in a["points"]], "o", color=f"C{i}", label=arm)
+            line = np.geomspace(c.min() / 2, c.max() * 2)
+            ax.plot(line, np.exp(a["fit"]["log_L0"]) * line ** a["fit"]["exponent"], "-", color=f"C{i}", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="training FLOPs (flops_per_token x tokens)",
+               ylabel="final val loss (mean over seeds)", title=f"sequence length {length}: loss vs FLOPs, fit "
+                                                                f"log L = a + b log C")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 3.5, not 3.5 x 10^0
+            axis(plt.FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"L{length}_loss_vs_flops.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
 def write_search(plan, results, stages):
     """search.tsv: every run of the search, confirm and choose stages, one line each."""
     path = os.path.join(plan.out, "search.tsv")
@@ -292,7 +382,7 @@ def write_search(plan, results, stages):
     return path
 
 
-def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation):
+def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation, trend):
     """verdict.json's content: one target's block at the top level, several keyed by length and width."""
     out = {"valid": not reasons, "invalid_reasons": reasons, "headline": head if not reasons else
            "NO VERDICT: the audit failed (invalid_reasons); provisional: " + head,
@@ -305,8 +395,9 @@ def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation
                       "record": f"lengths {plan.SHORTER:g}x, 1x, {plan.LONGER:g}x the crossing fixed in advance, "
                                 f"tested longest first at p < {plan.RECORD_P} (fixed sequence), paired where both "
                                 f"arms read a seed's data order; estimate by test inversion over log steps",
-                      "time": method_text(plan, overlap, correlation)},
-           "overlap": overlap, "targets_correlation": correlation,
+                      "time": method_text(plan, overlap, correlation),
+                      "factorial_and_scale": scale.__doc__.split("\n\n", 1)[1].strip()},
+           "overlap": overlap, "targets_correlation": correlation, "scale": trend,
            "sequence_lengths": plan.lengths, "widths": plan.widths, "proxy_widths": plan.proxies}
     if len(blocks) == 1:
         out.update(next(iter(blocks.values())))
@@ -316,115 +407,12 @@ def verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation
     return out
 
 
-def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap, correlation):
+def write(plan, results, found, stages, blocks, chosen, head, reasons, command_line, overlap, correlation, trend):
     """Every file of the verdict in plan.out; returns the paths of search.tsv and the plots."""
     paths = [write_search(plan, results, stages)]
-    paths += plots(plan, results, found, blocks, chosen)
+    paths += plots(plan, results, found, blocks, chosen) + plot_scale(plan.out, trend)
     with open(os.path.join(plan.out, "verdict.json"), "w") as f:
-        json.dump(verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation), f, indent=1)
+        json.dump(verdict_json(plan, blocks, head, reasons, command_line, overlap, correlation, trend), f, indent=1)
     with open(os.path.join(plan.out, "verdict.md"), "w") as f:
-        f.write(markdown(plan, blocks, head, reasons, command_line, overlap, correlation))
+        f.write(markdown(plan, blocks, head, reasons, command_line, overlap, correlation, trend))
     return paths
-
-
-def plot_val(groups, out_dir, prefix, target, kinds=("step", "tokens", "time")):
-    """<out_dir>/<prefix>_val_vs_<kind>.png for each of kinds (step, tokens, time); returns (paths, notes)."""
-    paths, notes = [], []
-    xlabels = {"step": "training step", "tokens": "training tokens", "time": "training time (s)"}
-    for kind in kinds:
-        xlabel = xlabels[kind]
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-        lo, hi = [target], [target]
-        for i, g in enumerate(groups):
-            c = g.curve
-            if kind == "tokens" and not g.tokens_per_step:
-                notes.append(f"tokens plot: skipped {g.label} (tokens per step unknown; pass --tokens_per_step)")
-                continue
-            x = {"step": c.step, "tokens": c.step * (g.tokens_per_step or 0), "time": c.time_ms / 1000}[kind]
-            ok = np.isfinite(x)
-            if not ok.any():
-                continue
-            ax.plot(x[ok], c.mean[ok], color=f"C{i % 10}", lw=1.6, label=f"{g.label} (n={len(g.runs)})")
-            if len(g.runs) > 1:
-                ax.fill_between(x[ok], c.min[ok], c.max[ok], color=f"C{i % 10}", alpha=0.2, lw=0)
-            later = ok & (x > 0)   # the y range leaves out the loss at init, which would squash the rest
-            hi.append(c.max[later if later.sum() >= 2 else ok].max())
-            lo.append(c.min[ok].min())
-        if len(hi) == 1:
-            plt.close(fig)
-            continue
-        pad = 0.05 * (max(hi) - min(lo)) or 0.1
-        ax.set_ylim(min(lo) - pad, max(hi) + pad)
-        ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.4f}")
-        ax.set(xlabel=xlabel, ylabel="validation loss (nats/token)",
-               title=f"{prefix}: val loss vs {kind} (line: mean over seeds, band: min..max)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, f"{prefix}_val_vs_{kind}.png"))
-        fig.savefig(paths[-1])
-        plt.close(fig)
-    return paths, notes
-
-
-def plot_evals(groups, out_dir, prefix):
-    """<out_dir>/<prefix>_eval_<name>.png: each metric vs the checkpoint's training tokens, mean over seeds."""
-    paths = []
-    for name in eval_names(groups):
-        lines = [(g, s, by_step) for g in groups for s, by_step in eval_points(g, name).items()]
-        results = [result for _, _, by_step in lines for res in by_step.values() for result in res]
-        metrics = list(dict.fromkeys(k for _, m in results for k in m))
-        settings = [s for _, s, _ in lines]   # in labels only where they vary (ctx of extrapolate, not n)
-        shown = {k for s in settings for k, _ in s if len({dict(t).get(k) for t in settings}) > 1}
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), dpi=120, squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
-            for i, (g, settings, by_step) in enumerate(lines):
-                pts = [(res[0][0], np.mean([m[metric] for _, m in res if metric in m]))
-                       for _, res in sorted(by_step.items()) if any(metric in m for _, m in res)]
-                label = " ".join([g.label] + [f"{k}={v}" for k, v in settings if k in shown])
-                if pts:
-                    ax.plot(*zip(*pts), "o-", color=f"C{i % 10}", label=label)
-            ax.set(xlabel="training tokens", ylabel=metric, title=f"{name} {metric}")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{prefix}: {name} (mean over seeds)")
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, f"{prefix}_eval_{name}.png"))
-        fig.savefig(paths[-1])
-        plt.close(fig)
-    return paths
-
-
-def plot_lr(panels, path):
-    """Final val loss against lr, one panel per (title, lines); a line per (label, [(lr, status, loss)], chosen lr
-    or None). Diverged and crashed runs are crosses at the top of their panel, the chosen lr a star."""
-    cols = min(3, len(panels))
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    for ax, (title, lines) in zip(axes.flat, panels):
-        finite = [loss for _, points, _ in lines for _, status, loss in points if status == "ok"]
-        top = max(finite) if finite else 1.0
-        lrs = sorted({lr for _, points, _ in lines for lr, _, _ in points})
-        for label, points, chosen in lines:
-            points = sorted(points)
-            ok = [(lr, loss) for lr, status, loss in points if status == "ok"]
-            line, = ax.plot([lr for lr, _ in ok], [loss for _, loss in ok], "o-", label=label)
-            failed = [lr for lr, status, _ in points if status in ("diverged", "crashed")]
-            ax.plot(failed, [top] * len(failed), "x", color=line.get_color(), markersize=10)
-            mark = [(lr, loss) for lr, loss in ok if chosen is not None and math.isclose(lr, chosen)]
-            if mark:
-                ax.plot(*mark[0], "*", color=line.get_color(), markersize=16, markeredgecolor="black")
-        ax.set_xscale("log")
-        if len(lrs) <= 12:
-            ax.set_xticks(lrs, [f"{lr:.3g}" for lr in lrs], minor=False, rotation=45)
-        ax.minorticks_off()
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("final val loss")
-        ax.set_title(f"{title} (x: diverged or crashed)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -315,19 +315,21 @@ class Checked:
         return self.interval.text(f"; coverage {self.coverage:.2f} on this verdict's noise, {self.draws} draws{held}")
 
 
-def self_check(base, arm, draws=DRAWS, seed=0, points=POINTS):
+def self_check(base, arm, draws=DRAWS, seed=0, points=POINTS, level=LEVEL):
     """The interval of inversion(base, arm) with its coverage measured by coverage() on each arm's own noise
-    (measure_noise), at these seed counts; the level is raised through LEVELS until the coverage is >= FLOOR. None
-    below 2 seeds in an arm or when the arm's mean curve never reaches the target."""
+    (measure_noise), at these seed counts; the level is raised through LEVELS (from `level`, one of them) until the
+    coverage is >= FLOOR (FLOOR + level - LEVEL above 95%). None below 2 seeds in an arm or when the arm's mean curve
+    never reaches the target."""
     n, m = len(base[0]), len(arm[0])
     if n < 2 or m < 2 or speedup(base, arm) is None:
         return None
     noise = (measure_noise(*base), measure_noise(*arm))
-    covered = coverage(*noise, n, m, draws, seed, LEVELS, points)
-    i = next((i for i, c in enumerate(covered) if c >= FLOOR), len(LEVELS) - 1)
-    widened = f"test level {LEVELS[i]} ({covered[0]:.2f} at {LEVEL})" if i else None
-    return Checked(inversion(base, arm, LEVELS[i], points), float(covered[i]), draws, widened,
-                   bool(covered[i] >= FLOOR), noise)
+    levels, floor = LEVELS[LEVELS.index(level):], FLOOR + level - LEVEL
+    covered = coverage(*noise, n, m, draws, seed, levels, points)
+    i = next((i for i, c in enumerate(covered) if c >= floor), len(levels) - 1)
+    widened = f"test level {levels[i]} ({covered[0]:.2f} at {level})" if i else None
+    return Checked(inversion(base, arm, levels[i], points), float(covered[i]), draws, widened,
+                   bool(covered[i] >= floor), noise)
 
 
 # ------------------------------------------------------------------------- record runs

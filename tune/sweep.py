@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from tune import report, runs
+from tune import plots, runs
 
 
 def parse(argv):
@@ -110,7 +110,7 @@ def plot(args, results, path):
         lines = [(f"width {width}", [(lr, *results[(script, width, lr)]) for lr in args.lrs], None)
                  for width in args.widths]
         panels.append((f"train_{script}.py", lines))
-    report.plot_lr(panels, path)
+    plots.plot_lr(panels, path)
 
 
 def main(argv=None):
