@@ -395,8 +395,8 @@ def load_checkpoint(path, model, optimizers, loader, hp):
     if saved_optimizer != hp.optimizer:  # one optimizer's moments are no state for the other
         sys.exit(f"error: --resume={path} was trained with --optimizer={saved_optimizer}, this run has --optimizer="
                  f"{hp.optimizer}; resume with --optimizer={saved_optimizer}, or start a new run without --resume")
-    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in groups]
+    settings = [{k: v for k, v in group.items() if k != "params"}
+                for optimizer in optimizers for group in optimizer.param_groups]
     model_state, optimizer_state = get_state_dict(model, optimizers)
     pieces = dict(model=model_state, optimizer=optimizer_state)
     try:
@@ -406,6 +406,7 @@ def load_checkpoint(path, model, optimizers, loader, hp):
         sys.exit(f"error: --resume={path} does not fit this model ({str(err).strip().splitlines()[-1].strip()}); "
                  f"it was saved with {saved}")
     set_state_dict(model, optimizers, model_state_dict=pieces["model"], optim_state_dict=pieces["optimizer"])
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]  # loading made new dicts
     for group, setting in zip(groups, settings):
         group.update(setting)  # the checkpoint brings moments and step counts, the command line the settings
     steps = [state["step"]]

@@ -83,7 +83,7 @@ def test_validate_quick_runs_every_stage_into_the_record(tmp_path):
     assert all(f"## {stage}: ok" in readme for stage in validate.STAGES)
     assert readme.count("- command: ") == 9  # tests, kernels, more_tests, and compile, steps, run for each model
     files = listed_files(readme)
-    assert {"tests.txt", "compile_gpt2.txt", "ops.txt", "steps_ngpt2.txt", "run_gpt2.txt", "run_ngpt2.txt",
+    assert {"tests.txt", "compile_gpt2.txt", "kernels.txt", "steps_ngpt2.txt", "run_gpt2.txt", "run_ngpt2.txt",
             "more_tests.txt"} <= set(files)
     with tarfile.open(f"{record}.tar.gz") as tar:  # the one file to fetch from a GPU machine
         archived = {os.path.relpath(name, "record") for name in tar.getnames()}
@@ -111,7 +111,7 @@ def test_a_stage_that_hangs_is_killed_within_the_budget_and_the_next_runs(tmp_pa
     code, seconds = run_validate("--stages=kernels,more_tests", f"--budget_s={budget}", f"--record_dir={record}")
     assert code == 1 and seconds < budget
     results = (record / "results.txt").read_text()
-    assert re.search(r"^stage:kernels status:FAILED .*error:timeout .*\(log ops.txt\)$", results, re.M)
+    assert re.search(r"^stage:kernels status:FAILED .*error:timeout .*\(log kernels.txt\)$", results, re.M)
     assert re.search(r"^stage:more_tests status:ok .*pytest:0", results, re.M)
     assert "## more_tests: ok" in (record / "README.md").read_text()
 
