@@ -2,7 +2,7 @@
 # The A/B: GPT-2 baseline, then nGPT, same data and seed, then the comparison table and plots.
 #   ./run.sh                 both models          ./run.sh gpt2 | ngpt2     one model
 #   ./run.sh --seed=1 ...    extra --name=value arguments pass through to both scripts
-#   ./run.sh test [...]      the tests (pytest arguments pass through)
+#   ./run.sh test [...]      the tests but the slow ones (pytest arguments pass through; -m slow: the slow ones)
 #   ./run.sh fair [...]      the fair A/B (python -m tune.fair, described in tune/README.md) into RUN_DIR (default
 #                            logs/fair); the same command again continues it; exit status 3 on NO VERDICT
 # Python: $PYTHON if set, else an active virtual environment that has torch, else .venv here, made on first use
@@ -51,7 +51,7 @@ setup() {  # arguments: extra requirement files
 if [[ $# -gt 0 && $1 == test ]]; then
     shift
     setup evals/requirements.txt tests/requirements.txt
-    exec $PYTHON -m pytest tests -n 2 "$@"
+    exec $PYTHON -m pytest tests -n 2 -m "not slow" "$@"  # a later -m wins: ./run.sh test -m slow (CI runs both)
 fi
 setup
 TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_val_*.bin" --vocab_size=2048

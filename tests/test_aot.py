@@ -142,6 +142,7 @@ needs_ptxas = pytest.mark.skipif(not ptxas_available(), reason="needs triton 3.x
 
 @needs_ptxas
 @pytest.mark.parametrize("capability", [90, 80], ids=["sm_90", "sm_80"])
+@pytest.mark.slow
 def test_every_kernel_compiles_without_spills(capability, tmp_path):
     out = run_aot(capability, tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
@@ -179,6 +180,7 @@ test_aot.compile_launch(broken, (x,), dict(BLOCK=128), 90)
 
 
 @needs_ptxas
+@pytest.mark.slow
 def test_harness_sees_spills_and_compile_errors(tmp_path):
     # the harness must really compile: a kernel that spills reports it, a broken kernel fails
     script = tmp_path / "canary.py"

@@ -64,6 +64,7 @@ def test_without_a_gpu_it_stops_at_once_naming_the_cpu_smoke_run(argv, hint):
     assert out.stderr.startswith("error:") and f"TRITON_INTERPRET=1 {hint}" in out.stderr
 
 
+@pytest.mark.slow
 def test_validate_quick_runs_every_stage_into_the_record(tmp_path):
     record = tmp_path / "record"  # through bench.py --validate, which hands its process to validate.py
     out = run_tool("bench.py", "--validate", "--quick", f"--record_dir={record}", "--peak_tflops=1",  # MFU on CPU too
@@ -102,6 +103,7 @@ def test_budget_skips_the_stages_that_would_not_fit(tmp_path, monkeypatch):
     assert "## compile: skipped" in (record / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_stage_that_hangs_is_killed_within_the_budget_and_the_next_runs(tmp_path, monkeypatch):
     inject(monkeypatch, "kernels", "", "validate.STAGE_FUNCTIONS['kernels'] = lambda args, name: time.sleep(3600)")
     monkeypatch.setitem(validate.EXPECTED_QUICK_S, "kernels", 20)  # the hung stage's share of the budget

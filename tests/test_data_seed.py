@@ -91,6 +91,7 @@ def test_a_seeded_position_round_trips_and_a_position_without_a_seed_is_seed_0(t
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_data_seed_losses_differ_repeat_and_resume(name, data, tmp_path):  # noqa: F811
     args = TINY + data + ["--num_iterations=8", "--val_loss_every=0", "--save_every=4", "--keep_checkpoints=1"]
     runs = {}

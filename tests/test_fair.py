@@ -356,6 +356,7 @@ def fair_cli(out, extra=(), ledger=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=fair.ROOT)
 
 
+@pytest.mark.slow
 def test_whole_protocol_extends_confirms_records_and_survives_sigkill(tmp_path):
     whole = fair_cli(tmp_path / "whole")
     output = whole.communicate()[0]

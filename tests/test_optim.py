@@ -35,6 +35,7 @@ def test_muon_takes_the_attention_and_mlp_matrices_at_one_lr_for_any_width(name)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_coordinate_check_with_muon_is_flat_across_width(name):
     table = coord_check.coord_check(name, coord_check.parse(COORD_ARGS + ["--optimizer=muon", "--lr=1e-3"]))
     # what the update moves (at this small lr nGPT's logits stay near init, cosines of size 1/sqrt(width))
@@ -54,6 +55,7 @@ def test_tiny_muon_runs_learn_and_differ_from_adamw(name, data, tmp_path):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_muon_over_two_processes_ddp_and_fsdp_match_one(name, data, tmp_path):
     """DDP: each process orthogonalizes the same all-reduced gradient. FSDP2: Muon's Newton-Schulz runs on the
     sharded DTensor matrices, whose products gather what they need: each process keeps its shard of the update."""
@@ -78,6 +80,7 @@ def test_a_muon_run_cut_and_resumed_gives_the_full_runs_losses(name, data, tmp_p
     assert sorted(b) == [4, 5, 6] and all(full[s] == b[s] for s in b), (full, b)
 
 
+@pytest.mark.slow
 def test_a_muon_checkpoint_from_fsdp_resumes_on_one_process(data, tmp_path):
     args = TWO + data + MUON + ["--save_every=3", "--keep_checkpoints=1"]
     full = run_script("ngpt2", args + ["--fsdp=1", "--run_id=full"], tmp_path, nproc=2).stdout

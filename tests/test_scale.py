@@ -102,6 +102,7 @@ def test_fsdp_matches_ddp_over_two_processes(name, data, fsdp_ngpt, ddp_ngpt, tm
     assert all(abs(a[s] - b[s]) < 2e-4 for s in a), (a, b)
 
 
+@pytest.mark.slow
 def test_fsdp_with_bf16_compute_matches_ddp(data, tmp_path):
     """bf16 matrices make the CPU runs compute in bf16 autocast: FSDP then gathers Linear weights in bf16 and
     reduces gradients in fp32 (MixedPrecisionPolicy), and must still match DDP."""
@@ -193,6 +194,7 @@ def in_process(module, argv, monkeypatch):
     return 0
 
 
+@pytest.mark.slow
 def test_fsdp_compiles_each_block_with_no_graph_break_and_matches_eager(data, tmp_path, monkeypatch):
     """One gloo process, in this process (dynamo's counters are per process): each block one FSDP unit, its forward
     one graph shared by all blocks (another for validation's no-grad mode), FSDP's hooks left outside it."""

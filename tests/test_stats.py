@@ -213,6 +213,7 @@ def test_record_interval_covers_the_true_steps_to_target():
     assert 0.93 <= hits / draws <= 0.97
 
 
+@pytest.mark.slow
 def test_longest_first_holds_the_level_where_shortest_first_does_not():
     # no length reaches below the target: every rejection is an error
     rng = np.random.default_rng(5)

@@ -312,6 +312,7 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_signal_saves_and_resume_continues_exactly(name, data, tmp_path):
     args = TINY + data + ["--num_iterations=200", "--warmdown_iters=50", "--val_loss_every=0"]
     full = losses(run_script(name, args + ["--run_id=full"], tmp_path).stdout, "train_loss")
@@ -448,6 +449,7 @@ def test_resume_with_another_model_size_is_a_clear_error(data, tmp_path):
     assert "Traceback" not in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_compiled_run_warms_up_untimed_and_matches_eager(data, tmp_path):
     args = TINY + data + ["--num_iterations=4", "--val_loss_every=0"]
     eager = run_script("ngpt2", args + ["--compile=0"], tmp_path).stdout
