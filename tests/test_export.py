@@ -54,6 +54,23 @@ def fp32_loaded(path):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "ngpt2"])
+def test_the_forward_equals_an_independent_implementation_in_float64(name, runs, exported):
+    """GPT-2 against transformers' own Llama, nGPT against the export's modeling file (the paper's forward written
+    apart from the script's): in float64 they agree to rounding, so any difference in the math would show. Bound:
+    both sides rotate q and k in float32 (RoPE's angles and products; a few 1e-8 in the logits), the rest is
+    float64."""
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(exported[name][0], trust_remote_code=name == "ngpt2",
+                                              dtype=torch.float64)
+    ours = common.Loaded(runs[0][name], "cpu").model.double()
+    x = torch.randint(0, VOCAB, (3, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (hf(x).logits - ours(x)).abs().max().item()
+    assert diff < 1e-6, diff
+    print(f"{name}: float64 max abs logit diff {diff:.1e}")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "ngpt2"])
 def test_export_gives_the_checkpoints_logits_and_greedy_tokens(name, runs, exported):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
     folder, check = exported[name]
