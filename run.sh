@@ -56,7 +56,7 @@ fi
 setup
 TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_val_*.bin" --vocab_size=2048
       --n_layer=4 --n_head=4 --n_embd=128 --sequence_length=128 --batch_size=16 --device_batch_size=16
-      --num_iterations=300 --warmdown_iters=90 --val_loss_every=25 --val_tokens=8192 --save_every=0)
+      --num_iterations=200 --warmdown_iters=60 --val_loss_every=25 --val_tokens=8192 --save_every=0)
 if [[ $# -gt 0 && $1 == fair ]]; then
     shift
     if [[ $($PYTHON -c "import torch; print(torch.cuda.device_count())") -gt 0 ]]; then
@@ -65,9 +65,9 @@ if [[ $# -gt 0 && $1 == fair ]]; then
     fi
     echo "no GPU: the fair A/B on the tiny offline corpus on CPU (see README for the real one)"
     ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON -m data.tiny
-    # every arm at the same 30-step warmup (GPT-2's default of 256 does not suit 300 steps); fair.py sets
+    # every arm at the same 20-step warmup (GPT-2's default of 256 does not suit 200 steps); fair.py sets
     # mup_base_width itself
-    exec $PYTHON -m tune.fair --out="${RUN_DIR:-logs/fair_tiny}" "${TINY[@]}" --warmup_iters=30 "$@"
+    exec $PYTHON -m tune.fair --out="${RUN_DIR:-logs/fair_tiny}" "${TINY[@]}" --warmup_iters=20 "$@"
 fi
 
 MODELS=(gpt2 ngpt2)
@@ -100,9 +100,9 @@ if [[ $GPUS -gt 0 ]]; then
 else
     echo "no GPU: running the tiny offline A/B on CPU (see README for the real one)"
     ls data/tiny/tiny_train_000001.bin >/dev/null 2>&1 || $PYTHON -m data.tiny
-    # each model's best lr at this length (records/2026-11-25_tiny_cpu_ab; nGPT 2e-2, best in the 150-step
-    # transfer sweep records/2026-11-25_tiny_cpu_mup_transfer, ends worse here)
-    declare -A TINY_LR=([gpt2]="--learning_rate=2e-3 --warmup_iters=30" [ngpt2]="--learning_rate=1e-2")
+    # each model's best lr in 300-step runs of this shape (records/2026-11-25_tiny_cpu_ab; nGPT 2e-2, best in the
+    # 150-step transfer sweep records/2026-11-25_tiny_cpu_mup_transfer, ended worse there)
+    declare -A TINY_LR=([gpt2]="--learning_rate=2e-3 --warmup_iters=20" [ngpt2]="--learning_rate=1e-2")
     for seed in 0 1; do
         for model in "${MODELS[@]}"; do
             $PYTHON "train_$model.py" "${TINY[@]}" --mup_base_width=128 ${TINY_LR[$model]} --seed=$seed \
