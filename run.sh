@@ -55,7 +55,7 @@ if [[ $# -gt 0 && $1 == test ]]; then
 fi
 setup
 TINY=(--input_bin="data/tiny/tiny_train_*.bin" --input_val_bin="data/tiny/tiny_val_*.bin" --vocab_size=2048
-      --n_layer=4 --n_head=4 --n_embd=128 --sequence_length=128 --batch_size=16 --device_batch_size=16
+      --n_layer=4 --n_head=4 --n_embd=128 --sequence_length=128 --batch_size=8 --device_batch_size=8
       --num_iterations=200 --warmdown_iters=60 --val_loss_every=25 --val_tokens=8192 --save_every=0)
 if [[ $# -gt 0 && $1 == fair ]]; then
     shift
