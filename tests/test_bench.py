@@ -118,6 +118,7 @@ def test_a_stage_that_hangs_is_killed_within_the_budget_and_the_next_runs(tmp_pa
     assert "## more_tests: ok" in (record / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_is_recorded_the_other_runs_on_and_it_is_skipped_later(tmp_path, monkeypatch):
     inject(monkeypatch, "compile", "ngpt2",
            "def broken(args, name):\n    raise RuntimeError('injected failure\\nsecond line')\n"

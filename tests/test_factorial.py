@@ -17,6 +17,7 @@ KNOWN = {"architecture under AdamW": 2.0, "architecture under Muon": 2.4 / 1.5, 
          "optimizer under nGPT": 1.2}
 
 
+@pytest.mark.slow
 def test_the_2x2_end_to_end_gives_the_stand_ins_known_effects(tmp_path, monkeypatch):
     monkeypatch.setattr(fair, "ARMS", STANDIN_ARMS)
     status = fair.main([f"--out={tmp_path}", "--widths", "64", "--proxy_widths", "16,32", "--grid", "3", "--seeds",
@@ -47,6 +48,7 @@ def test_the_2x2_end_to_end_gives_the_stand_ins_known_effects(tmp_path, monkeypa
     assert "Sequence length 16: no fit: one target width (64)" in md
 
 
+@pytest.mark.slow
 def test_a_slower_arm_is_a_speedup_below_one_read_at_its_own_loss(tmp_path, monkeypatch):
     slow = ["--speed=2", "--optimizer=muon", "--muon_gain=0.5"]     # Muon halves nGPT's speed
     monkeypatch.setattr(fair, "ARMS", dict(STANDIN_ARMS, ngpt2_muon=("tests/fair_standin.py", slow)))
@@ -97,6 +99,7 @@ def test_two_widths_fit_without_an_interval_and_one_width_cannot_fit():
     assert not one["fitted"] and "needs several (--widths W1,W2,W3)" in one["reason"]
 
 
+@pytest.mark.slow
 def test_several_widths_fit_loss_against_flops_and_plot_it(tmp_path):
     # wider runs end lower (floor_exp); the stand-in logs a GPT's parameter count at each width (--params=0)
     status = fair.main([f"--out={tmp_path}", "--arms", "slow,fast", "--arm", "slow=tests/fair_standin.py:",

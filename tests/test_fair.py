@@ -429,6 +429,7 @@ def without_timing(verdict):
             "method": {**verdict["method"], "time": re.sub(TIMING, "", verdict["method"]["time"])}}
 
 
+@pytest.mark.slow
 def test_a_failed_audit_gives_no_verdict_and_exit_status_3(tmp_path):
     out = tmp_path / "unfair"
     proc = fair_cli(out, ["--arm", "big=tests/fair_standin.py:--speed=2 --params=2000", "--arms", "slow,big"])

@@ -44,6 +44,7 @@ def test_coordinate_check_with_muon_is_flat_across_width(name):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_tiny_muon_runs_learn_and_differ_from_adamw(name, data, tmp_path):
     args = TINY + data + ["--num_iterations=30", "--val_loss_every=10", "--learning_rate=1e-3"]
     muon = run_script(name, args + ["--optimizer=muon"], tmp_path).stdout
@@ -72,6 +73,7 @@ def test_muon_over_two_processes_ddp_and_fsdp_match_one(name, data, tmp_path):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_a_muon_run_cut_and_resumed_gives_the_full_runs_losses(name, data, tmp_path):
     args = TWO + data + MUON + ["--save_every=3", "--keep_checkpoints=1"]
     full = losses(run_script(name, args + ["--run_id=full"], tmp_path).stdout, "train_loss")

@@ -89,6 +89,7 @@ def test_one_run_id_per_job_one_complete_checkpoint_per_step(fsdp_ngpt):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_fsdp_matches_ddp_over_two_processes(name, data, fsdp_ngpt, ddp_ngpt, tmp_path):
     args = STEPS + data  # grad_clip 0.05 clips every step: the sharded gradient norm must be the global one
     if name == "ngpt2":
@@ -126,6 +127,7 @@ def test_ngpt_matrices_unit_norm_along_their_dim_after_sharded_steps(data, fsdp_
 
 
 @pytest.mark.parametrize("saved_by, resumed_as", [("fsdp", "single"), ("fsdp", "ddp"), ("ddp", "fsdp")])
+@pytest.mark.slow
 def test_a_checkpoint_resumes_in_any_mode_and_process_count(saved_by, resumed_as, data, fsdp_ngpt, ddp_ngpt,
                                                             tmp_path):
     logs, full = {"fsdp": fsdp_ngpt, "ddp": ddp_ngpt}[saved_by]
@@ -161,6 +163,7 @@ def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
     assert latest(str(tmp_path), "run") == renamed  # at one step, the renamed copy first
 
 
+@pytest.mark.slow
 def test_resume_auto_after_sigkill_ends_like_an_uninterrupted_run(data, tmp_path):
     args = TINY + data + ["--num_iterations=40", "--warmdown_iters=10", "--val_loss_every=0", "--save_every=10",
                           "--resume=auto"]
@@ -216,6 +219,7 @@ def test_fsdp_compiles_each_block_with_no_graph_break_and_matches_eager(data, tm
     assert sorted(compiled) == sorted(eager) == [1, 2, 3, 4] and all(abs(compiled[s] - eager[s]) < 1e-3 for s in eager)
 
 
+@pytest.mark.slow
 def test_resume_applies_the_new_flags_says_which_and_keeps_the_train_time(data, tmp_path):
     args = TINY + data + ["--num_iterations=8", "--val_loss_every=0", "--save_every=4", "--keep_checkpoints=1"]
     first = run_script("gpt2", args + ["--run_id=first"], tmp_path).stdout

@@ -276,6 +276,7 @@ def test_val_batches_cover_the_same_tokens_for_any_process_count(data):
 
 # ---------------------------------------------------------------------------- command line
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_help_and_bad_flags(name, tmp_path):
     out = run_script(name, ["--help"], tmp_path)
     assert "--n_embd=768" in out.stdout and "model width" in out.stdout and "--learning_rate" in out.stdout
@@ -304,6 +305,7 @@ def test_a_few_steps_from_the_command_line_lower_val_loss(name, data, tmp_path):
     assert "nan" not in log.split("model_config:")[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(data, tmp_path):
     args = TINY + data + ["--num_iterations=4", "--device_batch_size=2", "--val_loss_every=0"]
     one = losses(run_script("ngpt2", args, tmp_path).stdout, "val_loss")
@@ -441,6 +443,7 @@ def test_bfloat16_parameter_storage_trains(name, data, tmp_path):
     assert {v.dtype for k, v in weights.items() if len(saved[k].size) == 1} == {torch.float32}  # ..vectors in fp32
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_size_is_a_clear_error(data, tmp_path):
     run_script("gpt2", TINY + data + ["--num_iterations=4", "--save_every=4", "--run_id=small"], tmp_path)
     out = run_script("gpt2", TINY + data + ["--num_iterations=8", "--n_embd=32",

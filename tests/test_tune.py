@@ -109,6 +109,7 @@ def test_qk_norm_rows_are_unit_times_the_gains_which_move_lr_sqrt_d_per_step(mon
     assert "blocks.0.attn.qk_gain" not in dict(plain.named_parameters())  # default: the model as before
 
 
+@pytest.mark.slow
 def test_sweep_reports_table_plot_and_a_diverged_run(tmp_path):
     stream = np.arange(6000) * 7 % 97
     write_shard(tmp_path / "s_train_000001.bin", stream)
@@ -139,6 +140,7 @@ def test_sweep_rejects_a_width_that_does_not_split_into_heads(tmp_path):
         sweep.main(["--lrs", "1e-3", "--widths", "40", "--head_dim=16", f"--out={tmp_path}"])
 
 
+@pytest.mark.slow
 def test_memory_estimate_within_25_percent_of_measured_cpu_memory(data, tmp_path):
     """Peak RSS of a small model minus that of a tiny one, against the difference of the planner's estimates."""
     small = ["--vocab_size=8192", "--n_layer=4", "--n_head=4", "--n_embd=256", "--mup_base_width=256",
