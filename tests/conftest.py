@@ -1,9 +1,15 @@
-"""Shared test setup: Triton's CPU interpreter when there is no GPU, offline tiktoken."""
+"""Shared test setup: a share of the cores per pytest worker, Triton's CPU interpreter when there is no GPU, offline
+tiktoken."""
 import os
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pytest -n N runs N workers, each spawning training processes: left at torch's default (a thread per core) they
+# oversubscribe the cores, and on 2 cores a test ran 10x slower beside another than alone
+workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 try:
     import torch
