@@ -7,9 +7,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # pytest -n N runs N workers, each spawning training processes: left at torch's default (a thread per core) they
-# oversubscribe the cores, and on 2 cores a test ran 10x slower beside another than alone
-workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+# oversubscribe the cores, and on 2 cores a test ran 3x slower beside another than alone. Set in the workers only:
+# the controller's environment is theirs too, and one process at a time may use every core.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 try:
     import torch
